@@ -1,0 +1,128 @@
+"""The one typed configuration tree, built by the CLI or API and passed down.
+
+YAML files map onto it section by section; an unknown key is an error that
+names the key.  Nothing here is global: callers build a ``Config`` and hand it
+to ``genbab.verify``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Counterexample search run before any bounding."""
+
+    enabled: bool = True
+    random_samples: int = 2000
+    pgd_restarts: int = 8
+    pgd_steps: int = 100
+    pgd_step_size: float = 0.1  # fraction of the box radius per step, decayed
+    time_budget: float = 10.0  # seconds at most for the initial attack
+
+
+@dataclass(frozen=True)
+class BoundConfig:
+    """Bound propagation on the root domain."""
+
+    method: str = "alpha-crown"  # ibp | crown | alpha-crown
+    intermediate: str = "crown"  # crown | ibp: how pre-activation bounds are computed
+    alpha_iterations: int = 50
+    alpha_lr: float = 0.2
+    alpha_lr_decay: float = 0.98
+    optimize_intermediate: bool = True  # alpha-CROWN also tightens intermediate bounds
+    max_intermediate_batch: int = 2048  # neurons bounded per backward pass
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that steers one verification run."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "float32"  # float32 | float64
+    timeout: float = 300.0
+    seed: int = 0
+    check_model: bool = True  # compare our graph with onnxruntime on load
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    bounds: BoundConfig = field(default_factory=BoundConfig)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {known})")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, type(default), f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: type, where: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+
+
+def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a Config from a nested mapping, on top of ``base`` (defaults if None)."""
+    merged = dataclasses.asdict(base or Config())
+    _deep_update(merged, data, "config")
+    return _build(Config, merged, "config")
+
+
+def _deep_update(target: dict, data: dict, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value, f"{where}.{key}")
+        else:
+            target[key] = value
+
+
+def load_config(path: str | Path, base: Config | None = None) -> Config:
+    """Read a YAML file onto the defaults (or ``base``)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    try:
+        return config_from_dict(data, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
