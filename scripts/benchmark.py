@@ -417,6 +417,11 @@ def collect_instances(args: argparse.Namespace) -> list[Instance]:
     return selected
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Turn SIGTERM into the same clean shutdown as Ctrl-C."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the selected instances, report; return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -431,8 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"running {len(jobs)} instance(s), {args.workers} at a time: "
           f"{shlex.join(jobs[0].command[:jobs[0].command.index('verify')])}", file=sys.stderr)
     tracker = ProcessTracker()
+    signal.signal(signal.SIGTERM, _interrupt)
     records, interrupted = run_all(jobs, args.workers, csv_path, tracker)
     report.write_records_csv(records, csv_path)
+    if interrupted:
+        print(f"interrupted: {len(records)} of {len(jobs)} instance(s) finished",
+              file=sys.stderr)
     summary = report.summarise(records)
     write_json(json_path, [str(Path(__file__)), *argv], args, jobs, summary, interrupted)
     print(report.format_report(summary, markdown=args.markdown), end="")

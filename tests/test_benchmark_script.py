@@ -176,6 +176,24 @@ def test_extra_args_reach_the_verifier(tmp_path):
     assert argv[-6:] == ["--config", "cfg.yaml", "--device", "cpu", "--seed", "3"]
 
 
+def test_sigterm_kills_running_verifiers_and_keeps_finished_rows(tmp_path, fake_command):
+    bench = make_benchmark(tmp_path, "term", [("sat_1.vnnlib", "sat"), ("hang_1.vnnlib", "unsat"),
+                                              ("hang_2.vnnlib", "unsat")])
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(bench), "--command", fake_command,
+                             "--out", str(out), "--timeout", "100"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not list(tmp_path.glob("term_files/term/0001_*.log")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 130, stderr
+    assert "1 of 3 instance(s) finished" in stderr
+    assert [r["result"] for r in read_csv(Path(f"{out}.csv"))] == ["sat"]
+
+
 @pytest.mark.parametrize("args", [["--only-consensus", "maybe"], ["--filter", "nothing-here"],
                                   ["--limit", "-1"]])
 def test_usage_errors_exit_1(tmp_path, fake_command, args):
