@@ -1,19 +1,35 @@
 """Univariate activations: ReLU and the S-shaped Sigmoid and Tanh.
 
 Each class owns its forward, IBP and linear relaxation.  Relaxations are
-computed in float64 and widened by a rounding margin for the working dtype, so
-that ``lw*x + lb <= f(x) <= uw*x + ub`` holds for every x in [lo, hi] also after
+widened by a rounding margin for the working dtype (derivatives are evaluated
+in forms accurate in the tails), so that ``lw*x + lb <= f(x) <= uw*x + ub`` holds for every x in [lo, hi] also after
 casting.  Optimisable parameters (alpha) are *fractions in [0, 1]* that place a
 tangent point inside the range where a tangent is a valid bound; projection is
 clamping to [0, 1].  Names: ``lower``/``upper`` are the two lines.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from bounds.ops.base import LinearRelaxation, Op, Tensor, split_signs
 
 _BISECTION_STEPS = 48
+_TABLE_MAX = 60.0
+_TABLE_POINTS = 60001
+
+
+@functools.lru_cache(maxsize=None)
+def _limit_table(cls: type, device: str) -> Tensor:
+    """d*(u) on a uniform grid of u in [0, _TABLE_MAX], float64 (a constant, cached)."""
+    op = cls()
+    u = torch.linspace(0, _TABLE_MAX, _TABLE_POINTS, dtype=torch.float64)
+    d = op._bisect_limit(torch.full_like(u, -_TABLE_MAX - 50), u, steps=80)
+    d[0] = 0.0
+    if bool((d[1:] > d[:-1]).any()):
+        raise AssertionError("tangent-limit table is not monotone")
+    return d.to(device)
 
 
 def rounding_margin(slope: Tensor, bias: Tensor, lo: Tensor, hi: Tensor,
@@ -73,19 +89,17 @@ class Relu(Monotone):
 
     def relax(self, lo, hi, alpha=None):
         dtype = lo.dtype
-        lo, hi = lo.double(), hi.double()
         active, inactive = lo >= 0, hi <= 0
-        width = (hi - lo).clamp(min=1e-300)
+        width = (hi - lo).clamp(min=torch.finfo(dtype).tiny)
         chord = (hi / width).clamp(0, 1)
         up_w = torch.where(active, 1.0, torch.where(inactive, 0.0, chord))
         up_b = torch.where(active | inactive, 0.0, -chord * lo)
         up_b = torch.where(active | inactive, up_b,
                            up_b + rounding_margin(up_w, up_b, lo, hi, dtype))
-        lower = (hi > -lo).double() if alpha is None else alpha["lower"].double().clamp(0, 1)
+        lower = (hi > -lo).to(dtype) if alpha is None else alpha["lower"].clamp(0, 1)
         low_w = torch.where(active, 1.0, torch.where(inactive, 0.0, lower))
         low_w, up_w, up_b = torch.broadcast_tensors(low_w, up_w, up_b)
-        return LinearRelaxation(low_w.to(dtype), torch.zeros_like(low_w, dtype=dtype),
-                                up_w.to(dtype), up_b.to(dtype))
+        return LinearRelaxation(low_w, torch.zeros_like(low_w), up_w, up_b)
 
 
 class SShaped(Monotone):
@@ -100,6 +114,7 @@ class SShaped(Monotone):
     """
 
     alpha_names = ("lower", "upper")
+    centre = 0.0  # f(0), the centre of symmetry
 
     def derivative(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -116,27 +131,43 @@ class SShaped(Monotone):
                             (self.function(u) - self.function(l)) / safe)
         return slope, self.function(l) - slope * l
 
-    def _tangent_limit(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """(d*, chord_ok): largest valid tangent point in [l, 0] for the line through (u, f(u))."""
-        fu = self.function(u)
+    def _gap(self, d: Tensor, u: Tensor) -> Tensor:
+        """Tangent at d evaluated at u, minus f(u); increasing in d on (-inf, 0]."""
+        return self.derivative(d) * (u - d) + self.function(d) - self.function(u)
 
-        def gap(d):  # tangent at d evaluated at u, minus f(u); increasing in d on (-inf, 0]
-            return self.derivative(d) * (u - d) + self.function(d) - fu
-
-        chord_ok = gap(l) >= 0
-        left, right = l.clone(), torch.zeros_like(l)
-        for _ in range(_BISECTION_STEPS):
+    def _bisect_limit(self, left: Tensor, u: Tensor, steps: int = _BISECTION_STEPS) -> Tensor:
+        """Largest d in [left, 0] found whose tangent stays below (u, f(u)) (the valid side)."""
+        right = torch.zeros_like(left)
+        for _ in range(steps):
             mid = (left + right) / 2
-            valid = gap(mid) < 0
+            valid = self._gap(mid, u) < 0
             left = torch.where(valid, mid, left)
             right = torch.where(valid, right, mid)
-        return left, chord_ok
+        return left
+
+    def _tangent_limit(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """(d*, chord_ok): a valid tangent point in [l, 0] for the line through (u, f(u)).
+
+        d*(u) is decreasing in u, so the table value at the grid point just above u
+        is never larger than the exact d*: the tangent there is valid.
+        """
+        table = _limit_table(type(self), str(u.device))
+        step = _TABLE_MAX / (table.numel() - 1)
+        index = (torch.floor(u / step) + 1).clamp(0, table.numel() - 1).long()
+        d_star = table[index].to(u.dtype)
+        d_star = d_star * (1 + 4 * torch.finfo(u.dtype).eps)  # rounding must not move it right
+        far = u > _TABLE_MAX
+        if bool(far.any()):
+            d_star = torch.where(far, self._bisect_limit(l.clone(), u), d_star)
+        chord_ok = self._gap(l, u) >= 0
+        return torch.maximum(d_star, l), chord_ok
 
     def _lower_line(self, l: Tensor, u: Tensor, frac: Tensor | None, default: float = 1.0):
         convex, concave = u <= 0, l >= 0
         crossing = ~(convex | concave)
-        d_star, chord_ok = self._tangent_limit(torch.where(crossing, l, -1.0),
-                                               torch.where(crossing, u, 1.0))
+        with torch.no_grad():
+            d_star, chord_ok = self._tangent_limit(torch.where(crossing, l, -1.0),
+                                                   torch.where(crossing, u, 1.0))
         top = torch.where(convex, u, d_star)
         default_frac = torch.where(convex, torch.full_like(l, 0.5), torch.full_like(l, default))
         frac = default_frac if frac is None else frac.clamp(0, 1)
@@ -149,18 +180,14 @@ class SShaped(Monotone):
         return slope, bias
 
     def relax(self, lo, hi, alpha=None):
-        dtype = lo.dtype
-        l64, u64 = lo.double(), hi.double()
-        u64 = torch.maximum(u64, l64)
-        frac_l = None if alpha is None else alpha["lower"].double()
-        frac_u = None if alpha is None else alpha["upper"].double()
-        lw, lb = self._lower_line(l64, u64, frac_l)
-        mw, mb = self._lower_line(-u64, -l64, frac_u)
-        uw, ub = mw, 2 * self.function(torch.zeros((), dtype=torch.float64)) - mb
-        lb = lb - rounding_margin(lw, lb, l64, u64, dtype)
-        ub = ub + rounding_margin(uw, ub, l64, u64, dtype)
+        hi = torch.maximum(hi, lo)
+        lw, lb = self._lower_line(lo, hi, None if alpha is None else alpha["lower"])
+        mw, mb = self._lower_line(-hi, -lo, None if alpha is None else alpha["upper"])
+        uw, ub = mw, 2 * self.centre - mb
+        lb = lb - rounding_margin(lw, lb, lo, hi, lo.dtype)
+        ub = ub + rounding_margin(uw, ub, lo, hi, lo.dtype)
         lw, lb, uw, ub = torch.broadcast_tensors(lw, lb, uw, ub)
-        return LinearRelaxation(lw.to(dtype), lb.to(dtype), uw.to(dtype), ub.to(dtype))
+        return LinearRelaxation(lw, lb, uw, ub)
 
     def alpha_init(self, lo, hi):
         ones = torch.ones_like(lo)
@@ -173,6 +200,8 @@ class SShaped(Monotone):
 class Sigmoid(SShaped):
     """The logistic function 1 / (1 + exp(-x))."""
 
+    centre = 0.5
+
     def function(self, x):
         return torch.sigmoid(x)
 
@@ -182,6 +211,8 @@ class Sigmoid(SShaped):
 
 class Tanh(SShaped):
     """The hyperbolic tangent."""
+
+    centre = 0.0
 
     def function(self, x):
         return torch.tanh(x)
