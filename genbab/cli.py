@@ -1,0 +1,156 @@
+"""The ``genbab`` command line: argument parsing, exit codes and human output.
+
+Exit codes (also in README.md):
+  0  a verdict was produced (sat, unsat, unknown or timeout)
+  1  internal error (a bug: please report it with the command line)
+  2  usage error (bad command-line arguments)
+  3  invalid input: unreadable/malformed property or model, unsupported operator,
+     bad configuration file
+Heavy modules (torch, onnx) are imported only once a command needs them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
+
+
+class InputError(Exception):
+    """A user mistake: shown as one line, exit code 3."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genbab", description="Neural-network verifier for general nonlinearities.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+    verify = sub.add_parser("verify", help="verify one property on one ONNX model")
+    verify.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
+    verify.add_argument("spec", help="property in VNN-LIB (.vnnlib or .vnnlib.gz)")
+    verify.add_argument("--timeout", type=float, default=None, help="seconds (default 300)")
+    verify.add_argument("--results-file", default=None, help="write a VNN-COMP results file")
+    verify.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    verify.add_argument("--config", default=None, help="YAML configuration file")
+    verify.add_argument("--seed", type=int, default=None)
+    verify.add_argument("--method", choices=["ibp", "crown", "alpha-crown"], default=None,
+                        help="strongest bound method to try (default alpha-crown)")
+    verify.add_argument("--no-attack", action="store_true", help="skip the counterexample search")
+    verify.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return parser
+
+
+def _build_config(args):
+    from genbab.config import ConfigError, load_config, Config
+
+    try:
+        config = load_config(args.config) if args.config else Config()
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
+    changes = {}
+    if args.timeout is not None:
+        if args.timeout <= 0:
+            raise InputError(f"--timeout must be positive, got {args.timeout}")
+        changes["timeout"] = args.timeout
+    if args.device is not None:
+        changes["device"] = args.device
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.method is not None:
+        from dataclasses import replace
+        changes["bounds"] = replace(config.bounds, method=args.method)
+    if args.no_attack:
+        from dataclasses import replace
+        changes["attack"] = replace(config.attack, enabled=False)
+    config = config.replace(**changes)
+    if config.resolved_device() == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda requested but no CUDA device is available")
+    return config
+
+
+def _load_spec(path: str):
+    from genbab.spec import SpecError
+    from genbab.spec.vnnlib1 import parse_vnnlib1
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such property file")
+    try:
+        return parse_vnnlib1(path)
+    except SpecError as exc:
+        raise InputError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read property ({exc.strerror})") from None
+
+
+def _summary(result) -> list[str]:
+    lines = [f"method: {result.method}", f"time: {result.time:.2f} s"]
+    if result.verdict == "sat" and result.x is not None:
+        lines.append("counterexample confirmed by onnxruntime"
+                     + ("" if result.stats.get("float64_agrees") is not False
+                        else " (float32; a float64 run of the model disagrees)"))
+        lines.append("output: " + " ".join(f"{v:.6g}" for v in result.y[:20])
+                     + (" ..." if len(result.y) > 20 else ""))
+    for i, margins in enumerate(result.margins):
+        if margins:
+            worst = min(margins)
+            lines.append(f"case {i}: worst disjunct margin {worst:.6g} "
+                         f"(lower bound minus threshold; > 0 proves it)")
+    timing = result.stats.get("bound_time")
+    if timing:
+        lines.append("bound time: " + ", ".join(f"{k} {v:.2f} s" for k, v in timing.items()))
+    return lines
+
+
+def cmd_verify(args) -> int:
+    from bounds.onnx_import import ModelError
+    from genbab.results import write_results_file
+    from genbab.verify import verify
+
+    if not Path(args.model).is_file():
+        raise InputError(f"{args.model}: no such model file")
+    config = _build_config(args)
+    spec = _load_spec(args.spec)
+    try:
+        result = verify(args.model, spec, config)
+    except ModelError as exc:
+        raise InputError(str(exc)) from None
+    print(result.verdict, flush=True)
+    for line in _summary(result):
+        print(line)
+    if args.results_file:
+        write_results_file(args.results_file, result.verdict, result.x, result.y)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from genbab import __version__
+        print(f"genbab {__version__}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return {"verify": cmd_verify}[args.command](args)
+    except InputError as exc:
+        print(f"genbab: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("genbab: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one message, exit 1
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"genbab: internal error: {type(exc).__name__}: {exc} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
