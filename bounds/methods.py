@@ -93,10 +93,12 @@ def _init_params(graph: Graph, bounds: BoundsMap, starts: dict[str, int]) -> dic
         above = graph.ancestors(start)
         per: Params = {}
         for node in graph.nonlinear_nodes():
-            if node.name not in above or node.name == start or not node.op.alpha_names:
+            if node.name not in above or node.name == start:
                 continue
-            lo, hi = bounds[node.inputs[0]]
-            init = node.op.alpha_init(lo.detach(), hi.detach())
+            init = node.op.init_alpha([(bounds[i][0].detach(), bounds[i][1].detach())
+                                       for i in node.inputs])
+            if not init:
+                continue
             per[node.name] = {k: v.unsqueeze(1).expand(v.shape[0], rows, *v.shape[1:])
                               .clone().requires_grad_(True) for k, v in init.items()}
         if per:

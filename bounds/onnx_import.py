@@ -2,7 +2,7 @@
 
 The model is converted once.  Nodes whose inputs are all constants are folded
 with onnx's reference evaluator; every other node is converted by the function
-registered for its op type in ``bounds.onnx_ops.CONVERTERS``.  Shapes are
+registered for its op type in ``bounds.onnx_registry.CONVERTERS``.  Shapes are
 traced by running each new op on a sample tensor.  Every unsupported node is
 collected and reported together in one ``UnsupportedModelError``.
 """
@@ -135,7 +135,7 @@ def _fold(node: onnx.NodeProto, ctx: ImportContext) -> None:
 
 def load_onnx(model: str | Path | onnx.ModelProto) -> Graph:
     """Convert an ONNX model (path, ``.onnx.gz`` or proto) into our graph."""
-    from bounds.onnx_ops import CONVERTERS, VARIABLE_TO_CONSTANT
+    from bounds.onnx_registry import CONVERTERS, VARIABLE_TO_CONSTANT
 
     proto = model if isinstance(model, onnx.ModelProto) else read_model(model)
     ctx = ImportContext(opset=_opset(proto))

@@ -299,6 +299,3 @@ VARIABLE_TO_CONSTANT: dict[str, Converter] = {
 # Always folded when their inputs are constant.
 FOLDED_ONLY = ("Constant",)
 
-
-def supported_op_types() -> list[str]:
-    return sorted(set(CONVERTERS) | set(VARIABLE_TO_CONSTANT) | set(FOLDED_ONLY))

@@ -5,6 +5,9 @@ in ``INSTANCES`` this writes a VNN-LIB property to ``vnnlib_specs/examples/vnnli
 lists it in ``instances.csv`` (VNN-COMP layout: ``onnx/<f>,vnnlib/<f>,<timeout>``)
 and records in ``expected.csv`` whether a seeded PGD attack found a
 counterexample that onnxruntime confirms (``sat``) or not (``unknown``).
+``EXTRA_INSTANCES`` adds hand-picked instances with a recorded verdict (``unsat``:
+proved by genbab's alpha-CROWN, while plain CROWN cannot); they are listed after
+the grid, and the script stops if PGD finds a counterexample to one of them.
 Reproducible: same inputs, same files.
 
 Usage: ``python scripts/make_example_specs.py`` after ``python scripts/train_examples.py``.
@@ -32,6 +35,9 @@ TIMEOUT = 60
 PGD_STEPS = 100
 PGD_RESTARTS_PER_CLASS = 2
 PGD_SEED = 0
+# (network, saved image index, eps, recorded verdict): proved by `genbab verify` (alpha-CROWN;
+# worst margin +0.063) but not by `--method crown` (worst margin -0.757).
+EXTRA_INSTANCES = (("digits_tanh_2x32", 1, 0.05, "unsat"),)
 
 
 def load_robustness_module() -> ModuleType:
@@ -127,27 +133,52 @@ def attack_instance(
     return "unknown" if found is None else "sat"
 
 
+def make_instance(
+    net: str, index: int, eps: float, data: dict, robustness: ModuleType, out: Path,
+    attack: tuple,
+) -> tuple[str, str, str]:
+    """Write one spec and attack it; return its (onnx, vnnlib, PGD verdict) row."""
+    layers, session, n_classes = attack
+    image, label = data["images"][index], int(data["labels"][index])
+    name = f"{net}_idx{index}_eps{eps:g}.vnnlib"
+    comment = (f"network: {net}.onnx\n"
+               f"image index: {index} (in digits_test.npz), label {label}, eps {eps:g}")
+    robustness.write_robustness_spec(
+        out / "vnnlib" / name, image, label, eps, n_classes, comment=comment
+    )
+    lower, upper = robustness.robustness_box(image, eps)
+    verdict = attack_instance(layers, session, lower, upper, label, n_classes)
+    return (f"onnx/{net}.onnx", f"vnnlib/{name}", verdict)
+
+
+def network_attack(net: str, robustness: ModuleType, out: Path) -> tuple:
+    """What attacking one network needs: float64 layers, onnxruntime session, class count."""
+    onnx_path = out / "onnx" / f"{net}.onnx"
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return onnx_mlp_layers(onnx_path), session, robustness.onnx_output_size(onnx_path)
+
+
 def make_network_instances(
     net: str, data: dict, robustness: ModuleType, out: Path
 ) -> list[tuple[str, str, str]]:
-    """Write the specs of one network; return (onnx, vnnlib, expected) rows."""
-    onnx_path = out / "onnx" / f"{net}.onnx"
-    layers = onnx_mlp_layers(onnx_path)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    n_classes = robustness.onnx_output_size(onnx_path)
+    """Write the grid specs of one network; return (onnx, vnnlib, expected) rows."""
+    attack = network_attack(net, robustness, out)
+    return [make_instance(net, index, eps, data, robustness, out, attack)
+            for eps in EPSILONS for index in IMAGE_INDICES]
+
+
+def make_extra_instances(
+    data: dict, robustness: ModuleType, out: Path
+) -> list[tuple[str, str, str]]:
+    """Write ``EXTRA_INSTANCES`` with their recorded verdicts (PGD must not refute them)."""
     rows = []
-    for eps in EPSILONS:
-        for index in IMAGE_INDICES:
-            image, label = data["images"][index], int(data["labels"][index])
-            name = f"{net}_idx{index}_eps{eps:g}.vnnlib"
-            comment = (f"network: {net}.onnx\n"
-                       f"image index: {index} (in digits_test.npz), label {label}, eps {eps:g}")
-            robustness.write_robustness_spec(
-                out / "vnnlib" / name, image, label, eps, n_classes, comment=comment
-            )
-            lower, upper = robustness.robustness_box(image, eps)
-            verdict = attack_instance(layers, session, lower, upper, label, n_classes)
-            rows.append((f"onnx/{net}.onnx", f"vnnlib/{name}", verdict))
+    for net, index, eps, expected in EXTRA_INSTANCES:
+        onnx_file, vnnlib_file, found = make_instance(
+            net, index, eps, data, robustness, out, network_attack(net, robustness, out))
+        if found == "sat" and expected != "sat":
+            raise RuntimeError(f"{vnnlib_file} is recorded {expected} but PGD found a "
+                               "confirmed counterexample")
+        rows.append((onnx_file, vnnlib_file, expected))
     return rows
 
 
@@ -183,7 +214,9 @@ def main() -> None:
         n_sat = sum(r[2] == "sat" for r in net_rows)
         print(f"{net}: {len(net_rows)} instances, {n_sat} sat")
         rows += net_rows
-    write_csvs(rows, args.out)
+    extra = make_extra_instances(data, robustness, args.out)
+    print(f"extra: {len(extra)} instances ({', '.join(r[2] for r in extra)})")
+    write_csvs(rows + extra, args.out)
 
 
 if __name__ == "__main__":

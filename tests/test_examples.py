@@ -157,8 +157,22 @@ def test_instance_lists_agree():
     for onnx_path, vnnlib_path, timeout in INSTANCES:
         assert (EXAMPLES / onnx_path).is_file() and (EXAMPLES / vnnlib_path).is_file()
         assert float(timeout) == 60
-    assert {r[2] for r in EXPECTED} <= {"sat", "unknown"}
+    assert {r[2] for r in EXPECTED} <= {"sat", "unsat", "unknown"}
     assert {onnx_path for onnx_path, _ in SAT} == {f"onnx/{n}" for n in ACTIVATIONS}
+
+
+def test_instance_set_is_grid_plus_extras():
+    make_specs = load_module("scripts/make_example_specs.py", "make_example_specs")
+    names = [Path(r[1]).name for r in EXPECTED]
+    grid = [f"{net}_idx{i}_eps{eps:g}.vnnlib" for net in make_specs.NETWORKS
+            for eps in make_specs.EPSILONS for i in make_specs.IMAGE_INDICES]
+    extra = [(f"{net}_idx{i}_eps{eps:g}.vnnlib", verdict)
+             for net, i, eps, verdict in make_specs.EXTRA_INSTANCES]
+    assert len(EXPECTED) == 25 and names == grid + [name for name, _ in extra]
+    assert [(Path(r[1]).name, r[2]) for r in EXPECTED[len(grid):]] == extra
+    assert [r[2] for r in EXPECTED[len(grid):]] == ["unsat"]
+    assert {r[2] for r in EXPECTED[:len(grid)]} == {"sat", "unknown"}
+    assert {Path(p).name for p in (EXAMPLES / "vnnlib").glob("*.vnnlib")} == set(names)
 
 
 def test_examples_are_small():

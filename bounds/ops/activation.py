@@ -60,6 +60,9 @@ class Elementwise(Op):
         """Initial fractions (the CROWN default relaxation), shaped like ``lo``."""
         return {}
 
+    def init_alpha(self, in_bounds):
+        return self.alpha_init(*in_bounds[0])
+
     def backward(self, A, in_bounds, params=None):
         lo, hi = in_bounds[0]
         rel = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), params)

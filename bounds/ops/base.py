@@ -50,6 +50,14 @@ class Op:
         """Lower-bound step: ``A·y >= sum_i A_i·x_i + bias``; returns ([A_i], bias[B, S])."""
         raise NotImplementedError
 
+    def init_alpha(self, in_bounds: Sequence[Bounds]) -> dict[str, Tensor]:
+        """Initial optimisable parameters (per-element tensors shaped like the bounds).
+
+        Ops without optimisable relaxations return {}.  The traversal expands
+        each tensor to [B, S, *shape] and passes it back to ``backward``.
+        """
+        return {}
+
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "Op":
         """A copy with every tensor parameter moved; ops without tensors return self."""
         changes = {}

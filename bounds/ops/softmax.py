@@ -31,9 +31,6 @@ class Softmax(Op):
         high = eu / (eu + (sum_l - el).clamp(min=0))
         return low.clamp(0, 1), high.nan_to_num(1.0).clamp(0, 1)
 
-    def alpha_init(self, lo, hi):
-        return {}
-
     def backward(self, A, in_bounds, params=None):
         low, high = self.interval(in_bounds[0])
         A_pos, A_neg = split_signs(A)
