@@ -11,6 +11,7 @@ Heavy modules (torch, onnx) are imported only once a command needs them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"genbab: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
     except KeyboardInterrupt:
         print("genbab: interrupted", file=sys.stderr)
         return 130

@@ -24,8 +24,9 @@ class AttackConfig:
     random_samples: int = 2000
     pgd_restarts: int = 8
     pgd_steps: int = 100
-    pgd_step_size: float = 0.1  # fraction of the box radius per step, decayed
+    pgd_step_size: float = 0.1  # fraction of the box width per step, decayed
     time_budget: float = 10.0  # seconds at most for the initial attack
+    extend_until_timeout: bool = True  # when bounds fail, keep attacking (wider) until timeout
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ infeasible.  Branch and bound comes after these steps in a later stage.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,13 +94,17 @@ def strip_output_softmax(graph, spec: Spec):
     return graph.truncated(out.inputs[0])
 
 
-def _attack(graph_t, runner, spec, config, clock, device, dtype):
+def _attack(graph_t, runner, spec, config, clock, device, dtype, round_=0):
     import torch
 
     from genbab.attack import find_counterexample
     from genbab.check import confirm_counterexample
 
     shape = graph_t.input_node.shape
+    grow = 4 ** min(round_, 4)  # later rounds search wider: more samples and restarts
+    attack = replace(config.attack, random_samples=config.attack.random_samples * grow,
+                     pgd_restarts=config.attack.pgd_restarts * grow,
+                     time_budget=config.attack.time_budget * (1 + round_))
 
     def model(x):
         return graph_t.forward(x.reshape(x.shape[0], *shape)).reshape(x.shape[0], -1)
@@ -109,12 +113,31 @@ def _attack(graph_t, runner, spec, config, clock, device, dtype):
         if clock.expired():
             return None
         with torch.enable_grad():
-            x = find_counterexample(model, case, config.attack, device=device, dtype=dtype,
-                                    seed=config.seed + index, deadline=clock.deadline)
+            x = find_counterexample(model, case, attack, device=device, dtype=dtype,
+                                    seed=config.seed + 1000 * round_ + index,
+                                    deadline=clock.deadline)
         if x is not None:
             confirmed = confirm_counterexample(runner, case, x)
             if confirmed is not None:
                 return confirmed
+    return None
+
+
+def _extended_attack(graph_t, runner, spec, config, clock, device, dtype, stats):
+    """After bounding failed: keep searching, wider each round, until the deadline."""
+    import torch
+
+    if not config.attack.enabled or not config.attack.extend_until_timeout:
+        return None
+    round_ = 0
+    while not clock.expired():
+        round_ += 1
+        with torch.no_grad():
+            found = _attack(graph_t, runner, spec, config, clock, device, dtype, round_)
+        if found is not None:
+            stats["attack_rounds"] = round_ + 1
+            return found
+    stats["attack_rounds"] = round_ + 1
     return None
 
 
@@ -210,6 +233,11 @@ def verify(model_path: str | Path, spec: Spec, config: Config = Config()) -> Res
                                               stats)
         all_margins.append(margins)
         if not proved:
+            confirmed = _extended_attack(graph_t, runner, spec, config, clock, device, dtype,
+                                         stats)
+            if confirmed is not None:
+                stats["float64_agrees"] = confirmed.float64_agrees
+                return finish("sat", "attack", x=confirmed.x, y=confirmed.y)
             verdict = "timeout" if clock.expired() else "unknown"
             return finish(verdict, method or "alpha-crown", margins=all_margins)
         methods.append(method)
