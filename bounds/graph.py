@@ -36,6 +36,7 @@ class Graph:
     outputs: tuple[str, ...]
     by_name: dict[str, Node] = field(init=False, repr=False, compare=False)
     consumers: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    _ancestor_cache: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "by_name", {n.name: n for n in self.nodes})
@@ -44,6 +45,7 @@ class Graph:
             for i in n.inputs:
                 users[i].append(n.name)
         object.__setattr__(self, "consumers", {k: tuple(v) for k, v in users.items()})
+        object.__setattr__(self, "_ancestor_cache", {})
 
     def __getitem__(self, name: str) -> Node:
         return self.by_name[name]
@@ -80,6 +82,14 @@ class Graph:
             seen.add(cur)
             stack.extend(self.by_name[cur].inputs)
         return seen
+
+    def ancestor_nodes(self, name: str) -> list[Node]:
+        """Nodes ``name`` depends on (itself included), in topological order; cached."""
+        cache = self._ancestor_cache
+        if name not in cache:
+            keep = self.ancestors(name)
+            cache[name] = [n for n in self.nodes if n.name in keep]
+        return cache[name]
 
     def nonlinear_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.op.kind == "nonlinear"]

@@ -26,7 +26,7 @@ class BoundOptions:
     method: str = "alpha-crown"
     intermediate: str = "crown"  # crown | ibp
     alpha_iterations: int = 50
-    alpha_lr: float = 0.2
+    alpha_lr: float = 0.05
     alpha_lr_decay: float = 0.98
     optimize_intermediate: bool = True
     max_batch_neurons: int = 2048
@@ -38,6 +38,7 @@ class BoundResult:
     bounds: BoundsMap  # intermediate bounds used (detached)
     method: str
     iterations: int = 0
+    params: Params | None = None  # alpha of the final start node (detached), for warm starts
 
 
 def preactivations(graph: Graph) -> list[str]:
@@ -179,4 +180,6 @@ def _optimise(graph, lower, upper, A, options, result, objective, done, deadline
         with torch.no_grad():
             for t in tensors:
                 t.clamp_(0, 1)
-    return BoundResult(best_lower, best_bounds, "alpha-crown", iterations)
+    final_params = {k: {n: t.detach() for n, t in v.items()}
+                    for k, v in params.get(out, {}).items()}
+    return BoundResult(best_lower, best_bounds, "alpha-crown", iterations, final_params)

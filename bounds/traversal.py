@@ -14,6 +14,7 @@ from bounds.ops.base import Bounds, Tensor, split_signs
 
 BoundsMap = dict[str, Bounds]
 Params = dict[str, dict[str, Tensor]]  # nonlinear node name -> alpha tensors
+Betas = dict[str, tuple[Tensor | None, Tensor | None]]  # node -> (beta_lower, beta_upper)
 
 
 def ibp(graph: Graph, lower: Tensor, upper: Tensor,
@@ -40,21 +41,38 @@ def concretize(A: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
 
 
 def backward_pass(graph: Graph, start: str, A: Tensor, bounds: BoundsMap,
-                  params: Params | None = None) -> Tensor:
+                  params: Params | None = None, betas: Betas | None = None) -> Tensor:
     """Lower bound of ``A·z_start`` over the input box: [B, S].
 
     ``bounds`` must hold the input box and the bounds of every input of a
-    nonlinear node between ``start`` and the network input.
+    nonlinear node between ``start`` and the network input.  ``betas`` adds
+    split constraints (beta-CROWN): per node, multipliers >= 0 for
+    ``z >= lower`` and ``z <= upper`` of that node's bounds.
     """
+    return backward_record(graph, start, A, bounds, params, betas)[0]
+
+
+def backward_record(graph: Graph, start: str, A: Tensor, bounds: BoundsMap,
+                    params: Params | None = None, betas: Betas | None = None,
+                    record: frozenset[str] = frozenset()
+                    ) -> tuple[Tensor, dict[str, Tensor], tuple[Tensor, Tensor] | None]:
+    """``backward_pass`` that also returns the coefficients reaching the nodes in
+    ``record`` and the linear function of the input ``(A_x, bias)`` before concretisation."""
     pending: dict[str, Tensor] = {start: A}
     total = A.new_zeros(A.shape[:2])
-    order = [n for n in graph.nodes if n.name in graph.ancestors(start)]
-    for node in reversed(order):
+    recorded: dict[str, Tensor] = {}
+    linear = None
+    for node in reversed(graph.ancestor_nodes(start)):
         coeff = pending.pop(node.name, None)
         if coeff is None:
             continue
+        if betas is not None and node.name in betas and node.op.kind != "input":
+            coeff, total = _add_split_terms(coeff, total, bounds[node.name], betas[node.name])
+        if node.name in record:
+            recorded[node.name] = coeff
         if node.op.kind == "input":
             lo, hi = bounds[node.name]
+            linear = (coeff, total)
             total = total + concretize(coeff, lo, hi)
             continue
         node_params = None if params is None else params.get(node.name)
@@ -65,7 +83,21 @@ def backward_pass(graph: Graph, start: str, A: Tensor, bounds: BoundsMap,
             if c is None:
                 continue
             pending[name] = c if name not in pending else pending[name] + c
-    return total
+    return total, recorded, linear
+
+
+def _add_split_terms(coeff: Tensor, total: Tensor, node_bounds, beta) -> tuple[Tensor, Tensor]:
+    """f >= f - b_lo*(z - lo) - b_hi*(hi - z) on {lo <= z <= hi}, for b_lo, b_hi >= 0."""
+    lo, hi = node_bounds
+    beta_lo, beta_hi = beta
+    B, S = coeff.shape[:2]
+    if beta_lo is not None:
+        coeff = coeff - beta_lo
+        total = total + (beta_lo * lo.unsqueeze(1)).reshape(B, S, -1).sum(-1)
+    if beta_hi is not None:
+        coeff = coeff + beta_hi
+        total = total - (beta_hi * hi.unsqueeze(1)).reshape(B, S, -1).sum(-1)
+    return coeff, total
 
 
 def identity_spec(size: int, shape: tuple[int, ...], batch: int, start: int, stop: int,

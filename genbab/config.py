@@ -36,10 +36,25 @@ class BoundConfig:
     method: str = "alpha-crown"  # ibp | crown | alpha-crown
     intermediate: str = "crown"  # crown | ibp: how pre-activation bounds are computed
     alpha_iterations: int = 50
-    alpha_lr: float = 0.2
+    alpha_lr: float = 0.05
     alpha_lr_decay: float = 0.98
     optimize_intermediate: bool = True  # alpha-CROWN also tightens intermediate bounds
     max_intermediate_batch: int = 2048  # neurons bounded per backward pass
+
+
+@dataclass(frozen=True)
+class BabConfig:
+    """Branch and bound on nonlinear neurons (GenBaB)."""
+
+    enabled: bool = True
+    batch_size: int = 64  # domains split per round (each gives two children)
+    max_domains: int = 200000
+    iterations: int = 20  # alpha/beta optimisation steps per round
+    lr: float = 0.1
+    heuristic: str = "bbps"  # bbps | babsr
+    branching_point: str = "lookup"  # lookup | midpoint
+    bbps_candidates: int = 32  # neurons per domain rescored by BBPS after the cheap filter
+    min_width: float = 1e-5  # neurons narrower than this are not split
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class Config:
     check_model: bool = True  # compare our graph with onnxruntime on load
     attack: AttackConfig = field(default_factory=AttackConfig)
     bounds: BoundConfig = field(default_factory=BoundConfig)
+    bab: BabConfig = field(default_factory=BabConfig)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -150,7 +150,7 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats):
     n_out = graph_t.output_node.size
     C, d, groups = _rows(case, n_out)
     if any(len(np.asarray(dj.d)) == 0 for dj in case.disjuncts):
-        return False, "none", [float("-inf")] * len(case.disjuncts)
+        return False, "none", [float("-inf")] * len(case.disjuncts), None
     lower, upper = _case_tensors(case, graph_t.input_node.shape, device, dtype)
     C_t = torch.tensor(C, dtype=dtype, device=device).unsqueeze(0)
     d_t = torch.tensor(d, dtype=dtype, device=device).unsqueeze(0)
@@ -168,12 +168,12 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats):
         return -(m.clamp(max=1e-3)).sum()
 
     b = config.bounds
-    best = None
+    best, res = None, None
     methods = ["ibp", "crown", "alpha-crown"]
     stop_at = methods.index(b.method) if b.method in methods else 2
     for method in methods[:stop_at + 1]:
         if clock.expired():
-            return False, "timeout", _to_list(best)
+            return False, "timeout", _to_list(best), None
         opts = BoundOptions(method=method, intermediate=b.intermediate,
                             alpha_iterations=b.alpha_iterations, alpha_lr=b.alpha_lr,
                             alpha_lr_decay=b.alpha_lr_decay,
@@ -186,8 +186,20 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats):
         m = margins(res.lower.detach())
         best = m if best is None else torch.maximum(best, m)
         if bool((best > 0).all()):
-            return True, method, _to_list(best)
-    return False, "", _to_list(best)
+            return True, method, _to_list(best), None
+    if config.bab.enabled and res is not None and not clock.expired():
+        from genbab.bab.branching_points import BranchingPoints
+        from genbab.bab.driver import Property, branch_and_bound
+
+        prop = Property(C_t, d_t, g_t, k)
+        points = BranchingPoints(method=config.bab.branching_point)
+        with torch.no_grad():
+            outcome = branch_and_bound(graph_t, (lower, upper), res.bounds, res.params, prop,
+                                       config.bab, points, clock.deadline)
+        stats["bab"] = outcome.stats
+        if outcome.verdict == "unsat":
+            return True, "bab", _to_list(best), None
+    return False, "", _to_list(best), None
 
 
 def _to_list(m):
@@ -229,7 +241,7 @@ def verify(model_path: str | Path, spec: Spec, config: Config = Config()) -> Res
     bound_graph = strip_output_softmax(graph_t, spec)
     all_margins, methods = [], []
     for case in spec.cases:
-        proved, method, margins = _bound_case(bound_graph, case, config, clock, device, dtype,
+        proved, method, margins, _ = _bound_case(bound_graph, case, config, clock, device, dtype,
                                               stats)
         all_margins.append(margins)
         if not proved:
@@ -241,7 +253,7 @@ def verify(model_path: str | Path, spec: Spec, config: Config = Config()) -> Res
             verdict = "timeout" if clock.expired() else "unknown"
             return finish(verdict, method or "alpha-crown", margins=all_margins)
         methods.append(method)
-    order = ["ibp", "crown", "alpha-crown"]
+    order = ["ibp", "crown", "alpha-crown", "bab"]
     return finish("unsat", max(methods, key=order.index), margins=all_margins)
 
 

@@ -1,0 +1,1 @@
+"""Branch and bound over general nonlinear neurons: domains, branching heuristics, split points."""
