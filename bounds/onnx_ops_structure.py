@@ -26,7 +26,7 @@ import torch
 
 from bounds.onnx_import import ConversionError, ImportContext
 from bounds.onnx_ops import Converter, attrs, tensor
-from bounds.onnx_ops_recurrent import CONVERTERS as RECURRENT
+from bounds.onnx_ops_subgraph import CONVERTERS as SUBGRAPH
 from bounds.ops.pooling import AveragePool, MaxPool, pool_windows
 from bounds.ops.structure import Concat, ConvTranspose, IndexMap, ReduceSum, Where
 
@@ -57,8 +57,8 @@ def _int_list(ctx: ImportContext, node: onnx.NodeProto, position: int, attr: str
 
 # --- re-indexing by evaluating the node on position codes -------------------------------
 
-def evaluate_node(ctx: ImportContext, node: onnx.NodeProto, feeds: dict[str, np.ndarray]
-                  ) -> list[np.ndarray]:
+def evaluate_node(ctx: ImportContext, node: onnx.NodeProto, feeds: dict[str, np.ndarray],
+                  opset: int | None = None) -> list[np.ndarray]:
     """Run one ONNX node with onnx's reference evaluator on the given inputs."""
     from onnx.reference import ReferenceEvaluator
 
@@ -68,7 +68,7 @@ def evaluate_node(ctx: ImportContext, node: onnx.NodeProto, feeds: dict[str, np.
         [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in feeds],
         [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None)
          for n in node.output if n])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset or ctx.opset)])
     try:
         results = ReferenceEvaluator(model).run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - the reference raises many types
@@ -100,21 +100,29 @@ def _add_index_map(ctx: ImportContext, output: str, x: str, codes: np.ndarray, l
     ctx.add(output, IndexMap(torch.from_numpy(index), shape, label, fill_tensor), [x])
 
 
-def _reindex(ctx: ImportContext, node: onnx.NodeProto, fill: float | None = None,
-             overrides: dict[str, np.ndarray] | None = None) -> None:
-    """Convert a re-indexing node whose first input is the (only) variable."""
+def _codes(ctx: ImportContext, node: onnx.NodeProto,
+           overrides: dict[str, np.ndarray] | None = None, opset: int | None = None
+           ) -> list[np.ndarray]:
+    """The node's outputs on position codes (1-based) of its first input, the only variable."""
     x = node.input[0]
+    overrides = overrides or {}
     for name in node.input[1:]:
-        if name and not ctx.is_const(name):
+        if name and name not in overrides and not ctx.is_const(name):
             raise ConversionError(f"input '{name}' must be a constant")
     full = (1,) + ctx.shape(x)
     codes = np.arange(1, int(np.prod(full)) + 1, dtype=np.float64).reshape(full)
-    feeds = {n: ctx.constants[n] for n in node.input[1:] if n}
-    feeds.update(overrides or {})
+    feeds = {n: ctx.constants[n] for n in node.input[1:] if n and n not in overrides}
+    feeds.update(overrides)
     feeds[x] = codes
-    results = evaluate_node(ctx, node, feeds)
+    return evaluate_node(ctx, node, feeds, opset)
+
+
+def _reindex(ctx: ImportContext, node: onnx.NodeProto, fill: float | None = None,
+             overrides: dict[str, np.ndarray] | None = None) -> None:
+    """Convert a re-indexing node whose first input is the (only) variable."""
+    results = _codes(ctx, node, overrides)
     for name, out in zip([n for n in node.output if n], results):
-        _add_index_map(ctx, name, x, out, node.op_type, fill)
+        _add_index_map(ctx, name, node.input[0], out, node.op_type, fill)
 
 
 def convert_reindex(ctx, node):
@@ -122,19 +130,35 @@ def convert_reindex(ctx, node):
 
 
 def convert_pad(ctx, node):
+    """Pad in any mode; constant padding becomes fill entries, negative pads crop."""
     a = attrs(node)
     mode = _string(a.get("mode"), "constant")
-    if mode != "constant":
-        _reindex(ctx, node)
-        return
+    rank = len(ctx.shape(node.input[0])) + 1
+    overrides: dict[str, np.ndarray] = {}
+    value = 0.0
     if len(node.input) > 2 and node.input[2]:
         value = float(np.asarray(ctx.const(node.input[2])).reshape(-1)[0])
-        overrides = {node.input[2]: np.zeros((), dtype=np.float64)}
-    else:
-        value, overrides = float(a.get("value", 0.0)), {}
-    if "value" in a:  # opset < 11: the pad value is an attribute; encode with 0
+        overrides[node.input[2]] = np.zeros((), dtype=np.float64)
+    elif "value" in a:  # opset < 11: the pad value is an attribute; encode it with 0
+        value = float(a["value"])
         node = _with_attribute(node, "value", 0.0)
-    _reindex(ctx, node, fill=value, overrides=overrides)
+    pads = _int_list(ctx, node, 1, "pads")
+    axes = _int_list(ctx, node, 3, "axes")
+    axes = list(range(rank)) if axes is None else [_axis(ax, rank) for ax in axes]
+    if pads is None or len(pads) != 2 * len(axes):
+        raise ConversionError("pads do not match the axes")
+    if min(pads) < 0:  # the reference evaluator rejects negative pads: crop afterwards
+        if len(node.input) > 1 and node.input[1]:
+            overrides[node.input[1]] = np.maximum(np.asarray(pads, dtype=np.int64), 0)
+        else:
+            node = _with_attribute(node, "pads", [max(p, 0) for p in pads])
+    (codes,) = _codes(ctx, node, overrides)
+    n = len(axes)
+    for ax, begin, end in zip(axes, pads[:n], pads[n:]):
+        stop = codes.shape[ax] + min(end, 0)
+        codes = codes.take(range(-min(begin, 0), stop), axis=ax)
+    _add_index_map(ctx, node.output[0], node.input[0], codes, "Pad",
+                   value if mode == "constant" else None)
 
 
 def _with_attribute(node: onnx.NodeProto, name: str, value) -> onnx.NodeProto:
@@ -149,9 +173,17 @@ def _with_attribute(node: onnx.NodeProto, name: str, value) -> onnx.NodeProto:
 
 
 def convert_resize(ctx, node):
-    mode = _string(attrs(node).get("mode"), "nearest")
+    a = attrs(node)
+    mode = _string(a.get("mode"), "nearest")
     if mode != "nearest":
         raise ConversionError(f"{node.op_type} mode '{mode}' (only 'nearest' is supported)")
+    if node.op_type == "Upsample" and "scales" in a:  # opset 7: evaluate as opset 9
+        scales = "__upsample_scales"
+        node9 = onnx.helper.make_node("Upsample", [node.input[0], scales], list(node.output),
+                                      mode="nearest")
+        results = _codes(ctx, node9, {scales: np.asarray(a["scales"], dtype=np.float32)}, 9)
+        _add_index_map(ctx, node.output[0], node.input[0], results[0], "Upsample")
+        return
     _reindex(ctx, node)
 
 
@@ -420,7 +452,7 @@ CONVERTERS: dict[str, Converter] = {
     "MaxPool": convert_max_pool,
     "GlobalAveragePool": convert_global_average_pool,
     "GlobalMaxPool": convert_max_pool,
-    **RECURRENT,
+    **SUBGRAPH,
 }
 
 # Ops on variables whose result is a constant (shapes are static here).

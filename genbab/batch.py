@@ -40,6 +40,9 @@ from pathlib import Path
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 2, 3, 130
 FIELDS = ("onnx", "vnnlib", "prepare_time", "result", "run_time")
 RESULTS = ("sat", "unsat", "unknown", "timeout", "error")
+DESCRIPTION = ("Run every instance of a VNN-COMP instances.csv, each in its own 'genbab verify' "
+               "process, appending onnx,vnnlib,prepare_time,result,run_time rows to a results "
+               "CSV as they finish.")
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a verifier at its limit
 
 # Run as ``python -S -c`` in front of the verifier: ask the kernel to SIGKILL it
@@ -413,7 +416,7 @@ def run_batch(jobs: list[Job], workers: int, out: Path, progress: Progress) -> b
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``batch`` on the ``genbab`` sub-command parsers."""
     p = subparsers.add_parser("batch", help="run every instance of a VNN-COMP instances.csv",
-                              description=__doc__.split("\n\n")[0])
+                              description=DESCRIPTION)
     fill_batch_parser(p)
     return p
 
@@ -421,17 +424,17 @@ def add_batch_parser(subparsers) -> argparse.ArgumentParser:
 def fill_batch_parser(p: argparse.ArgumentParser) -> None:
     """The arguments of ``genbab batch`` (shared with ``python -m genbab.batch``)."""
     p.add_argument("instances", help="instances CSV: onnx,vnnlib,timeout per row")
-    p.add_argument("--root", help="folder the CSV's paths refer to (default: the CSV's folder)")
-    p.add_argument("--out", help="results CSV (default: results/<root folder name>.csv)")
-    p.add_argument("--workers", type=int, default=1, help="instances run in parallel")
-    p.add_argument("--timeout", type=float, help="override every instance's timeout (s)")
-    p.add_argument("--timeout-scale", type=float, default=1.0,
+    p.add_argument("--root", metavar="DIR", help="folder the CSV's paths refer to (default: the CSV's folder)")
+    p.add_argument("--out", metavar="CSV", help="results CSV (default: results/<root folder name>.csv)")
+    p.add_argument("--workers", type=int, metavar="N", default=1, help="instances run in parallel")
+    p.add_argument("--timeout", type=float, metavar="S", help="override every instance's timeout (s)")
+    p.add_argument("--timeout-scale", type=float, default=1.0, metavar="X",
                    help="multiply every timeout by this factor")
     p.add_argument("--resume", action="store_true",
                    help="continue an existing --out, skipping the instances in it")
-    p.add_argument("--config", help="YAML config passed to every run")
+    p.add_argument("--config", metavar="YAML", help="YAML config passed to every run")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for every run")
-    p.add_argument("--kill-grace", type=float, default=5.0,
+    p.add_argument("--kill-grace", type=float, default=5.0, metavar="S",
                    help="seconds past an instance's timeout before it is killed")
     p.add_argument("--command", dest="verifier_command",  # verifier prefix, for tests
                    help=argparse.SUPPRESS)
@@ -503,7 +506,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m genbab.batch ...``: the same as ``genbab batch ...``."""
-    parser = argparse.ArgumentParser(prog="genbab batch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="genbab batch", description=DESCRIPTION)
     fill_batch_parser(parser)
     try:
         return cmd_batch(parser.parse_args(argv))

@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="strongest bound method to try (default alpha-crown)")
     verify.add_argument("--no-attack", action="store_true", help="skip the counterexample search")
     verify.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    from genbab.batch import add_batch_parser
+    from genbab.report_cli import add_report_parser
+
+    add_batch_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
@@ -107,6 +112,10 @@ def _summary(result) -> list[str]:
 
 
 def cmd_verify(args) -> int:
+    if getattr(args, "results_file", None):
+        from genbab.signals import install_signal_handlers
+
+        install_signal_handlers(args.results_file, args.timeout)
     from bounds.onnx_import import ModelError
     from genbab.results import write_results_file
     from genbab.verify import verify
@@ -138,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return {"verify": cmd_verify}[args.command](args)
+        from genbab.batch import cmd_batch
+        from genbab.report_cli import cmd_report
+
+        return {"verify": cmd_verify, "batch": cmd_batch, "report": cmd_report}[args.command](args)
     except InputError as exc:
         print(f"genbab: error: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -5,7 +5,10 @@ took, and the consensus other tools reached on the same files.  Everything
 here is pure apart from the two CSV helpers: ``summarise`` turns records into
 per-benchmark counts plus the list of soundness failures and disagreements,
 and ``format_report`` renders that as a plain-text or markdown table.  Used by
-``scripts/benchmark.py`` and meant for a ``genbab report`` command.
+``scripts/benchmark.py``.  For ``genbab report`` (``genbab.report_cli``) it also
+reads results CSVs of any tool (``read_results_table``), matches rows to
+``ground_truth.csv`` files (``GroundTruth``, ``with_ground_truth``) and renders
+several runs at once (``format_runs_report``).
 
 Agreement of a decided verdict with the consensus:
 

@@ -19,7 +19,7 @@ It also measures the mean relative area reduction against the midpoint, on the
 grid cells and on random intervals looked up through ``BranchingPoints``, and
 rewrites ``lookup_tables/README.md`` from the metadata of every table present.
 
-Usage: ``python scripts/build_lookup_tables.py [--ops Sigmoid Tanh] [--out DIR]``.
+Usage: ``python scripts/build_lookup_tables.py [--ops Sigmoid Tanh] [--out DIR] [--threads N]``.
 """
 from __future__ import annotations
 
@@ -284,13 +284,24 @@ than the midpoint on its own cell.
 takes the grid cell *inside* [lo, hi] (smallest grid value >= lo, largest <= hi)
 and returns its point; the midpoint when that cell is empty or [lo, hi] leaves
 the table range.  Points are clamped to [lo + 1e-3 w, hi - 1e-3 w].
+Intervals holding fewer than two grid values (narrower than h to 2h) get the
+midpoint, which is close to optimal where the function is locally quadratic.
 Piecewise-linear ops (Relu, LeakyRelu, Abs, Sign, Floor, Clip, ...) have no
 table: they split at a kink.
+
+## Grids
+
+Uniform, the same for l and u, step h = 1/16 (dyadic, so every grid value is
+exact in float16/32/64).  The ops the builder knows (`TABLE_SPECS`; a table is
+built only for those registered in `ELEMENTWISE_OPS` when it runs):
+
+{grids}
 
 ## Rebuild
 
     python scripts/build_lookup_tables.py            # every op in TABLE_SPECS that is registered
     python scripts/build_lookup_tables.py --ops Sin   # a subset
+    python scripts/build_lookup_tables.py --threads 4 # more torch threads (default 1)
 
 Rebuild whenever an op's `relax` changes.
 
@@ -303,10 +314,20 @@ in {seconds:.0f} s in total.
 """
 
 
+def grid_list() -> str:
+    items = []
+    for spec in TABLE_SPECS:
+        grid = ("[-8, 8], or [1/16, 8] for a fractional or negative exponent" if spec.domain
+                else f"[{spec.grid_min:g}, {spec.grid_max:g}]")
+        period = f", period {spec.period:.4g}" if spec.period else ""
+        items.append(f"- {spec.name}: {grid}{period}")
+    return "\n".join(items)
+
+
 def write_readme(folder: Path, candidates: int, refine: int) -> str:
     rows = summary_rows(folder)
     table = summary_table(rows)
-    text = README.format(candidates=candidates, refine=refine, count=len(rows),
+    text = README.format(candidates=candidates, refine=refine, count=len(rows), grids=grid_list(),
                          total_mb=sum(r["mb"] for r in rows), threads=torch.get_num_threads(),
                          seconds=sum(r.get("build_seconds", 0.0) for r in rows), table=table)
     (folder / "README.md").write_text(text)
@@ -319,7 +340,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--candidates", type=int, default=CANDIDATES)
     parser.add_argument("--refine", type=int, default=REFINE)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a shared or loaded box)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     build_all(args.ops, args.out, args.candidates, args.refine)
     print(write_readme(args.out, args.candidates, args.refine))

@@ -17,6 +17,8 @@ Softmax: IBP contains softmax of points sampled in random boxes and lies in
 """
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -28,6 +30,32 @@ EPS64 = torch.finfo(torch.float64).eps
 FAMILIES = ("random", "negative", "positive", "crossing", "tiny", "degenerate", "far_tails",
             "moderate_tails", "wide")
 ALPHA_VARIANTS = ("random", "zero", "one", "mixed")
+
+
+# Extra constructor arguments tried for any registered op whose constructor takes them.
+EXTRA_ARGUMENTS = {"exponent": (3.0, -1.0, -2.0, 0.5, 1.5, -0.5, 0.0, 1.0),
+                   "slope": (0.2, -0.5), "low": (0.0,), "high": (6.0,)}
+
+
+def op_variants() -> dict[str, tuple[type, dict]]:
+    """'Name' (default constructor) and 'Name(arg=value)' variants of every registered op."""
+    variants = {}
+    for name, cls in sorted(ELEMENTWISE_OPS.items()):
+        variants[name] = (cls, {})
+        params = inspect.signature(cls).parameters
+        for arg, values in EXTRA_ARGUMENTS.items():
+            if arg in params:
+                for value in values:
+                    variants[f"{name}({arg}={value:g})"] = (cls, {arg: value})
+    return variants
+
+
+OPS = op_variants()
+
+
+def make_op(variant: str):
+    cls, kwargs = OPS[variant]
+    return cls(**kwargs)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -115,12 +143,22 @@ def alpha_values(op, variant: str, like: torch.Tensor, seed: int = 1) -> dict[st
     return values
 
 
+def evaluate(op, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """f at the points (float64) and where it is defined and finite (the op's domain)."""
+    fx = op.function(x)
+    return fx, torch.isfinite(fx)
+
+
 def line_violation(w, b, x, fx, upper: bool) -> tuple[float, int]:
-    """Largest amount by which the line is on the wrong side of f beyond the tolerance."""
+    """Largest amount by which the line is on the wrong side of f beyond the tolerance.
+
+    Points where f is undefined (NaN / infinite: outside the op's domain) are skipped.
+    """
     line = w.double()[:, None] * x + b.double()[:, None]
     tol = 4 * EPS64 * (line.abs() + fx.abs() + 1)
     excess = (fx - line - tol) if upper else (line - fx - tol)
     excess = torch.where(torch.isnan(excess), torch.full_like(excess, float("inf")), excess)
+    excess = torch.where(torch.isfinite(fx), excess, torch.full_like(excess, -float("inf")))
     per_interval = excess.max(1).values
     worst = int(per_interval.argmax())
     return float(per_interval[worst]), worst
@@ -130,7 +168,10 @@ def check_relaxation(op, lo, hi, x, fx, alpha, label: str) -> None:
     rel = op.relax(lo, hi, alpha)
     for t in (rel.lw, rel.lb, rel.uw, rel.ub):
         assert t.shape == lo.shape and t.dtype == lo.dtype, label
-        assert bool(torch.isfinite(t).all()), f"{label}: non-finite relaxation"
+    # slopes finite; a bias may only be infinite on its safe side (-inf below, +inf above)
+    assert bool(torch.isfinite(rel.lw).all() & torch.isfinite(rel.uw).all()), label
+    assert not bool((torch.isnan(rel.lb) | (rel.lb == float("inf"))).any()), label
+    assert not bool((torch.isnan(rel.ub) | (rel.ub == -float("inf"))).any()), label
     for upper, (w, b) in ((False, (rel.lw, rel.lb)), (True, (rel.uw, rel.ub))):
         excess, i = line_violation(w, b, x, fx, upper)
         side = "upper" if upper else "lower"
@@ -141,11 +182,11 @@ def check_relaxation(op, lo, hi, x, fx, alpha, label: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", sorted(ELEMENTWISE_OPS))
+@pytest.mark.parametrize("name", sorted(OPS))
 def test_relaxation_is_sound(name, dtype, family):
-    op = ELEMENTWISE_OPS[name]()
+    op = make_op(name)
     lo, hi, x = case(family, dtype)
-    fx = op.function(x)
+    fx, _ = evaluate(op, x)
     check_relaxation(op, lo, hi, x, fx, None, f"{name} {family} alpha=None")
     if not op.alpha_names:
         return
@@ -157,10 +198,10 @@ def test_relaxation_is_sound(name, dtype, family):
         check_relaxation(op, lo, hi, x, fx, alpha, f"{name} {family} alpha={variant}")
 
 
-@pytest.mark.parametrize("name", sorted(ELEMENTWISE_OPS))
+@pytest.mark.parametrize("name", sorted(OPS))
 def test_relaxation_broadcasts_alpha_over_specs(name):
     """The backward step relaxes [B, 1, n] bounds with alpha [B, S, n]: every row is sound."""
-    op = ELEMENTWISE_OPS[name]()
+    op = make_op(name)
     lo, hi, _ = case("random", torch.float64)
     lo, hi = lo[None, None], hi[None, None]
     alpha = {k: torch.rand(1, 3, lo.shape[-1], dtype=torch.float64,
@@ -169,7 +210,7 @@ def test_relaxation_broadcasts_alpha_over_specs(name):
     rows = 3 if op.alpha_names else 1
     assert rel.lw.shape == (1, rows, lo.shape[-1])
     x = sample_grid(lo[0, 0], hi[0, 0])[:, ::10]
-    fx = op.function(x)
+    fx, _ = evaluate(op, x)
     for s in range(rows):
         for upper, (w, b) in ((False, (rel.lw, rel.lb)), (True, (rel.uw, rel.ub))):
             w, b = w.expand(1, rows, -1), b.expand(1, rows, -1)
@@ -181,22 +222,24 @@ def ibp_excess(op, lo, hi, x, fx, rounding: bool) -> float:
     """How far f leaves IBP's interval; with ``rounding``, beyond the working dtype's rounding."""
     ilo, ihi = op.interval((lo, hi))
     assert ilo.shape == lo.shape and ihi.shape == hi.shape
+    assert not bool(torch.isnan(ilo).any() | torch.isnan(ihi).any())
     ilo, ihi = ilo.double()[:, None], ihi.double()[:, None]
-    tol = 0.0
+    tol = torch.zeros_like(fx)
     if rounding:
         finfo = torch.finfo(lo.dtype)
         tol = 4 * finfo.eps * fx.abs() + finfo.tiny
     excess = torch.maximum(ilo - fx, fx - ihi) - tol
+    excess = torch.where(torch.isfinite(fx), excess, torch.full_like(excess, -float("inf")))
     return float(excess.max())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", sorted(ELEMENTWISE_OPS))
+@pytest.mark.parametrize("name", sorted(OPS))
 def test_interval_contains_function(name, dtype, family):
-    op = ELEMENTWISE_OPS[name]()
+    op = make_op(name)
     lo, hi, x = case(family, dtype)
-    fx = op.function(x)
+    fx, _ = evaluate(op, x)
     assert ibp_excess(op, lo, hi, x, fx, rounding=True) <= 0
 
 
@@ -207,12 +250,13 @@ def test_interval_contains_function(name, dtype, family):
 def test_interval_is_rounding_safe_in_float32(name):
     op = ELEMENTWISE_OPS[name]()
     lo, hi, x = case("random", torch.float32)
-    assert ibp_excess(op, lo, hi, x, op.function(x), rounding=False) <= 0
+    assert ibp_excess(op, lo, hi, x, evaluate(op, x)[0], rounding=False) <= 0
 
 
 # --- Softmax ----------------------------------------------------------------------------
 
 SOFTMAX_SHAPES = ((2,), (3,), (5,), (10,), (4, 3))
+SOFTMAX_SCALES = {"moderate": (3.0, 2.0), "large": (30.0, 20.0), "huge": (1e3, 1e3)}
 
 
 def softmax_box(shape, dtype, seed, scale=3.0, width=2.0):
@@ -234,39 +278,67 @@ def softmax_samples(lo, hi, n: int, seed: int) -> torch.Tensor:
     return lo + u * (hi - lo)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
-def test_softmax_interval_contains_samples(shape, dtype):
-    op = Softmax(axis=1)
-    lo, hi = softmax_box(shape, dtype, seed=len(shape) * 10 + shape[0])
-    low, high = op.interval((lo, hi))
+def check_softmax_interval(lo, hi, x) -> None:
+    low, high = Softmax(axis=1).interval((lo, hi))
     assert low.shape == lo.shape and high.shape == hi.shape
     assert bool(torch.isfinite(low).all() and torch.isfinite(high).all())
     assert bool(((low >= 0) & (high <= 1) & (low <= high)).all())
-    x = softmax_samples(lo, hi, 4000, seed=1)
     y = torch.softmax(x, dim=2)  # axis 1 of each [B, *shape] sample
-    # rounding slack: sum_{j!=i} exp(u_j) is computed as a difference of sums, which loses
-    # up to ~15 ulps here (the gross case of that cancellation is the xfail test below)
-    tol = 32 * torch.finfo(dtype).eps
+    tol = 8 * EPS64  # softmax evaluated in float64 at the sample
     assert float((low.double() - y).max()) <= tol
     assert float((y - high.double()).max()) <= tol
 
 
+@pytest.mark.parametrize("scale", sorted(SOFTMAX_SCALES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
-def test_softmax_backward_is_sound(shape, dtype):
+def test_softmax_interval_contains_samples(shape, dtype, scale):
+    lo, hi = softmax_box(shape, dtype, len(shape) * 10 + shape[0], *SOFTMAX_SCALES[scale])
+    check_softmax_interval(lo, hi, softmax_samples(lo, hi, 4000, seed=1))
+
+
+def softmax_alpha(variant: str, like: torch.Tensor, seed: int):
+    if variant == "none":
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    if variant == "random":
+        return {k: torch.rand(like.shape, generator=gen, dtype=torch.float64).to(like.dtype)
+                for k in ("lower", "upper")}
+    value = 0.0 if variant == "zero" else 1.0
+    return {k: torch.full_like(like, value) for k in ("lower", "upper")}
+
+
+@pytest.mark.parametrize("alpha", ["none", "random", "zero", "one"])
+@pytest.mark.parametrize("scale", ["moderate", "large"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SOFTMAX_SHAPES, ids=str)
+def test_softmax_backward_is_sound(shape, dtype, scale, alpha):
+    """A·softmax(x) >= A_in·x + bias on the box, and no looser than the constant IBP bound."""
     op = Softmax(axis=1)
-    lo, hi = softmax_box(shape, dtype, seed=7)
+    lo, hi = softmax_box(shape, dtype, 7, *SOFTMAX_SCALES[scale])
     gen = torch.Generator().manual_seed(2)
     A = torch.randn((lo.shape[0], 6, *shape), generator=gen, dtype=torch.float64).to(dtype)
-    (A_in,), bias = op.backward(A, [(lo, hi)])
-    assert A_in.shape == A.shape and bool((A_in == 0).all())
-    assert bias.shape == A.shape[:2]
-    x = softmax_samples(lo, hi, 2000, seed=3)
-    y = torch.softmax(x, dim=2)  # [n, B, *shape]
-    value = (A.double().unsqueeze(0) * y.unsqueeze(2)).flatten(3).sum(-1)  # [n, B, S]
-    tol = 8 * torch.finfo(dtype).eps * (A.abs().flatten(2).sum(-1).double() + 1)
-    assert float((bias.double() - value - tol).max()) <= 0
+    params = softmax_alpha(alpha, A, seed=3)
+    (A_in,), bias = op.backward(A, [(lo, hi)], params)
+    assert A_in.shape == A.shape and A_in.dtype == dtype and bias.shape == A.shape[:2]
+    assert bool(torch.isfinite(A_in).all() & torch.isfinite(bias).all())
+    x = softmax_samples(lo, hi, 1000, seed=4)  # [n, B, *shape]
+    y = torch.softmax(x, dim=2)
+    A64, A_in64 = A.double(), A_in.double()
+    value = (A64.unsqueeze(0) * y.unsqueeze(2)).flatten(3).sum(-1)  # [n, B, S]
+    terms = (A_in64.unsqueeze(0) * x.unsqueeze(2)).flatten(3)
+    line = terms.sum(-1) + bias.double()
+    tol = 8 * EPS64 * (terms.abs().sum(-1) + bias.double().abs() + A64.abs().flatten(2).sum(-1)
+                       + 1)
+    assert float((line - value - tol).max()) <= 0
+    low, high = op.interval((lo, hi))  # never looser than the constant relaxation
+    A_pos, A_neg = A64.clamp(min=0), A64.clamp(max=0)
+    constant = (A_pos * low.double().unsqueeze(1) + A_neg * high.double().unsqueeze(1))
+    worst = (A_in64.clamp(min=0) * lo.double().unsqueeze(1)
+             + A_in64.clamp(max=0) * hi.double().unsqueeze(1))
+    concretised = worst.flatten(2).sum(-1) + bias.double()
+    slack = 4 * torch.finfo(dtype).eps * (A64.abs().flatten(2).sum(-1) + 1)
+    assert bool((concretised >= constant.flatten(2).sum(-1) - slack).all())
 
 
 def test_softmax_interval_exact_on_a_point():
@@ -277,27 +349,27 @@ def test_softmax_interval_exact_on_a_point():
     assert torch.allclose(high, expected, rtol=1e-14, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Softmax.interval computes sum_{j!=i} exp(u_j) as "
-                   "sum_u - exp(u_i); when exp(u_i) dominates the difference cancels to 0 and "
-                   "the lower bound becomes exp(l_i)/exp(l_i) = 1 while softmax can be 0.5")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_softmax_interval_lower_bound_cancellation(dtype):
+def test_softmax_interval_lower_bound_no_cancellation(dtype):
+    """Regression: sum_{j!=i} exp(u_j) computed as sum_u - exp(u_i) cancelled to 0 and gave
+    a lower bound of 1 where softmax is 0.5."""
     t = 17.0 if dtype == torch.float32 else 37.5  # exp(-t) below half an ulp of 1
     lo = torch.tensor([[-t, -t]], dtype=dtype)
     hi = torch.tensor([[0.0, -t]], dtype=dtype)
-    low, _ = Softmax(axis=1).interval((lo, hi))
-    y = torch.softmax(lo.double(), 1)  # a point of the box: softmax = (0.5, 0.5)
-    assert float(low[0, 0]) <= float(y[0, 0]) + 1e-6
+    check_softmax_interval(lo, hi, lo.double()[None])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Softmax.interval returns a NaN lower bound when "
-                   "exp(l_i - max u) and every other exp(u_j - max u) underflow (0/0); only "
-                   "the upper bound is passed through nan_to_num")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_softmax_interval_wide_box_is_finite(dtype):
+    """Regression: 0/0 (both exponentials underflow) gave a NaN lower bound."""
     big = 200.0 if dtype == torch.float32 else 1000.0
     lo = torch.tensor([[-big, 0.0]], dtype=dtype)
     hi = torch.tensor([[big, 0.0]], dtype=dtype)
+    x = torch.tensor([[[-big, 0.0]], [[big, 0.0]], [[0.0, 0.0]]], dtype=torch.float64)
+    check_softmax_interval(lo, hi, x)
+
+
+def test_softmax_of_one_entry_is_one():
+    lo, hi = torch.tensor([[-5.0]]), torch.tensor([[7.0]])
     low, high = Softmax(axis=1).interval((lo, hi))
-    assert bool(torch.isfinite(low).all() and torch.isfinite(high).all())
-    assert bool(((low >= 0) & (low <= high) & (high <= 1)).all())
+    assert torch.equal(low, torch.ones(1, 1)) and torch.equal(high, torch.ones(1, 1))

@@ -4,6 +4,10 @@ Covers the verdict output (first line of stdout), the results file, the
 ``--method`` / ``--config`` / ``--device`` switches on the shipped examples,
 compressed inputs, and the documented exit codes (0 verdict, 1 internal error,
 2 usage error, 3 invalid input) with one-line messages and no tracebacks.
+
+Every test names its command line with ``@command``; the commands of the
+selected tests are started up front, two at a time, because each one pays
+for importing torch.  The test body then only checks the outcome.
 """
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ import gzip
 import re
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +37,64 @@ IBP_SPEC = EXAMPLES / "vnnlib" / "digits_sigmoid_tiny_idx2_eps0.01.vnnlib"  # IB
 CROWN_SPEC = EXAMPLES / "vnnlib" / "digits_tanh_2x32_idx0_eps0.01.vnnlib"  # CROWN, not IBP
 ALPHA_SPEC = EXAMPLES / "vnnlib" / "digits_tanh_2x32_idx1_eps0.05.vnnlib"  # alpha-CROWN only
 VERDICTS = ("sat", "unsat", "unknown", "timeout")
+NO_BAB = "bab: {enabled: false}\n"  # root bounds only: what a method alone can prove
+PARALLEL = 2
+RUN_TIMEOUT = 180  # seconds per subprocess, far above what any command here needs
 
 
-def genbab(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+# --- running the commands --------------------------------------------------------------------
+
+_COMMANDS: dict[str, Callable[..., list]] = {}
+
+
+def command(build: Callable[..., list]):
+    """Register ``build(work, **params) -> argv`` for the decorated test.
+
+    ``work`` is an empty directory of the test's own for input and output files;
+    ``params`` are the test's parametrize values.
+    """
+    def register(test):
+        _COMMANDS[test.__name__] = build
+        return test
+    return register
+
+
+@dataclass
+class Run:
+    proc: subprocess.CompletedProcess
+    work: Path
+
+
+def genbab(*args) -> subprocess.CompletedProcess:
     """Run ``python -m genbab.cli ARGS`` and capture its output."""
     return subprocess.run([sys.executable, "-m", "genbab.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def _started(request, tmp_path_factory):
+    """Start the commands of this module's selected tests, in test order."""
+    pool = ThreadPoolExecutor(max_workers=PARALLEL)
+    runs: dict[str, tuple[Future, Path]] = {}
+    for item in request.session.items:
+        if item.module.__name__ != __name__ or item.originalname not in _COMMANDS:
+            continue
+        work = tmp_path_factory.mktemp(item.originalname[5:40])
+        params = getattr(item, "callspec", None)
+        argv = _COMMANDS[item.originalname](work, **(params.params if params else {}))
+        runs[item.nodeid] = pool.submit(genbab, *argv), work
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def cli(request, _started) -> Run:
+    """The finished command of the running test."""
+    future, work = _started[request.node.nodeid]
+    return Run(future.result(), work)
+
+
+# --- checks ----------------------------------------------------------------------------------
 
 
 def verdict(proc: subprocess.CompletedProcess) -> str:
@@ -45,6 +104,11 @@ def verdict(proc: subprocess.CompletedProcess) -> str:
     first = proc.stdout.splitlines()[0]
     assert first in VERDICTS, proc.stdout
     return first
+
+
+def summary_line(proc: subprocess.CompletedProcess, prefix: str) -> str:
+    """The stdout line starting with ``prefix``."""
+    return next(line for line in proc.stdout.splitlines() if line.startswith(prefix))
 
 
 def assert_input_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -67,15 +131,20 @@ def ort_run(model: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(-1)
 
 
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 # --- verdicts on the shipped examples --------------------------------------------------------
 
 
-def test_sat_example_prints_verdict_and_writes_confirmed_counterexample(tmp_path):
-    results = tmp_path / "out" / "results.txt"
-    results.parent.mkdir()
-    proc = genbab("verify", TINY, SAT_SPEC, "--timeout", 20, "--results-file", results)
-    assert verdict(proc) == "sat"
-    assert "counterexample confirmed by onnxruntime" in proc.stdout
+@command(lambda work: ["verify", TINY, SAT_SPEC, "--timeout", 20,
+                       "--results-file", work / "results.txt"])
+def test_sat_example_prints_verdict_and_writes_confirmed_counterexample(cli):
+    assert verdict(cli.proc) == "sat"
+    assert "counterexample confirmed by onnxruntime" in cli.proc.stdout
+    results = cli.work / "results.txt"
     word, x, y = read_results_file(results)
     assert word == "sat" and x is not None and y is not None
     assert (x.size, y.size) == (64, 10)
@@ -89,69 +158,81 @@ def test_sat_example_prints_verdict_and_writes_confirmed_counterexample(tmp_path
     assert any(np.all(np.asarray(dj.C) @ y_ort <= np.asarray(dj.d)) for dj in case.disjuncts)
 
 
-def test_unsat_example_proved_by_ibp_on_cpu(tmp_path):
-    results = tmp_path / "results.txt"
-    proc = genbab("verify", TINY, IBP_SPEC, "--timeout", 20, "--method", "ibp",
-                  "--device", "cpu", "--results-file", results)
-    assert verdict(proc) == "unsat"
-    assert "method: ibp" in proc.stdout.splitlines()
-    assert read_results_file(results) == ("unsat", None, None)
+@command(lambda work: ["verify", TINY, IBP_SPEC, "--timeout", 20, "--method", "ibp",
+                       "--device", "cpu", "--results-file", work / "results.txt"])
+def test_unsat_example_proved_by_ibp_on_cpu(cli):
+    assert verdict(cli.proc) == "unsat"
+    assert "method: ibp" in cli.proc.stdout.splitlines()
+    assert read_results_file(cli.work / "results.txt") == ("unsat", None, None)
 
 
+def _plain_crown(work: Path, how: str) -> list:
+    if how == "--method":  # the config file asks for IBP: the command line must win
+        config = write(work / "ibp.yaml", "bounds: {method: ibp}\n" + NO_BAB)
+        return ["verify", TANH, ALPHA_SPEC, "--timeout", 30, "--no-attack",
+                "--config", config, "--method", "crown"]
+    config = write(work / "crown.yaml", "bounds: {method: crown}\n" + NO_BAB)
+    return ["verify", TANH, ALPHA_SPEC, "--timeout", 30, "--no-attack", "--config", config]
+
+
+@command(_plain_crown)
 @pytest.mark.parametrize("how", ["--method", "--config"])
-def test_alpha_instance_not_proved_by_plain_crown(tmp_path, how):
-    config = tmp_path / "crown.yaml"
-    config.write_text("bounds: {method: crown}\n")
-    switch = ["--method", "crown"] if how == "--method" else ["--config", config]
-    proc = genbab("verify", TANH, ALPHA_SPEC, "--timeout", 30, *switch)
-    assert verdict(proc) == "unknown"
-    timing = next(line for line in proc.stdout.splitlines() if line.startswith("bound time:"))
+def test_alpha_instance_not_proved_by_plain_crown(cli, how):
+    assert verdict(cli.proc) == "unknown"
+    timing = summary_line(cli.proc, "bound time:")
     assert "crown" in timing and "alpha-crown" not in timing
+    margin = float(re.search(r"worst disjunct margin (\S+)", cli.proc.stdout).group(1))
+    assert margin < 0
 
 
-def test_alpha_instance_proved_by_default_alpha_crown():
-    proc = genbab("verify", TANH, ALPHA_SPEC, "--timeout", 30)
-    assert verdict(proc) == "unsat"
-    assert "method: alpha-crown" in proc.stdout.splitlines()
-    margin = float(re.search(r"worst disjunct margin (\S+)", proc.stdout).group(1))
+@command(lambda work: ["verify", TANH, ALPHA_SPEC, "--timeout", 30])
+def test_alpha_instance_proved_by_default_alpha_crown(cli):
+    assert verdict(cli.proc) == "unsat"
+    assert "method: alpha-crown" in cli.proc.stdout.splitlines()
+    margin = float(re.search(r"worst disjunct margin (\S+)", cli.proc.stdout).group(1))
     assert margin > 0
 
 
-def test_command_line_method_overrides_config_file(tmp_path):
-    config = tmp_path / "ibp.yaml"
-    config.write_text("bounds:\n  method: ibp\n")
-    proc = genbab("verify", TANH, CROWN_SPEC, "--timeout", 20, "--config", config,
-                  "--method", "crown", "--no-attack")
-    assert verdict(proc) == "unsat"
-    assert "method: crown" in proc.stdout.splitlines()
+@command(lambda work: ["verify", TANH, ALPHA_SPEC, "--timeout", 120, "--method", "crown",
+                       "--no-attack"])
+@pytest.mark.slow
+def test_alpha_instance_proved_by_crown_with_branch_and_bound(cli):
+    assert verdict(cli.proc) == "unsat"
 
 
-def test_gzipped_model_and_property_accepted(tmp_path):
-    model, spec = tmp_path / "net.onnx.gz", tmp_path / "prop.vnnlib.gz"
+def _gzipped(work: Path) -> list:
+    model, spec = work / "net.onnx.gz", work / "prop.vnnlib.gz"
     model.write_bytes(gzip.compress(TINY.read_bytes()))
     spec.write_bytes(gzip.compress(SAT_SPEC.read_bytes()))
-    assert verdict(genbab("verify", model, spec, "--timeout", 20, "--device", "cpu")) == "sat"
+    return ["verify", model, spec, "--timeout", 20, "--device", "cpu"]
 
 
+@command(_gzipped)
+def test_gzipped_model_and_property_accepted(cli):
+    assert verdict(cli.proc) == "sat"
+
+
+@command(lambda work: ["verify", TANH, CROWN_SPEC, "--timeout", 20, "--method", "ibp",
+                       "--no-attack", "--config", write(work / "c.yaml", NO_BAB)])
 @pytest.mark.xfail(strict=True, reason="BUG: an 'unknown' verdict reports 'method: alpha-crown' "
                    "although --method ibp stopped before alpha-CROWN ran (verify.py uses "
                    "`method or 'alpha-crown'`)")
-def test_unknown_verdict_names_the_method_that_ran():
-    proc = genbab("verify", TANH, CROWN_SPEC, "--timeout", 20, "--method", "ibp", "--no-attack")
-    assert verdict(proc) == "unknown"
-    assert "method: ibp" in proc.stdout.splitlines()
+def test_unknown_verdict_names_the_method_that_ran(cli):
+    assert verdict(cli.proc) == "unknown"
+    assert "method: ibp" in cli.proc.stdout.splitlines()
 
 
 # --- version and usage errors (exit 2) -------------------------------------------------------
 
 
-def test_version():
+@command(lambda work: ["--version"])
+def test_version(cli):
     from genbab import __version__
 
-    proc = genbab("--version")
-    assert proc.returncode == 0 and proc.stdout.strip() == f"genbab {__version__}"
+    assert cli.proc.returncode == 0 and cli.proc.stdout.strip() == f"genbab {__version__}"
 
 
+@command(lambda work, args: args)
 @pytest.mark.parametrize("args", [
     [],
     ["frobnicate"],
@@ -163,152 +244,155 @@ def test_version():
     ["verify", "m.onnx", "p.vnnlib", "--no-such-option"],
 ], ids=["none", "unknown-command", "no-files", "no-spec", "timeout-text", "bad-method",
         "bad-device", "unknown-option"])
-def test_bad_arguments_exit_2(args):
-    proc = genbab(*args)
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    assert proc.stdout == "" and "usage:" in proc.stderr
+def test_bad_arguments_exit_2(cli, args):
+    assert cli.proc.returncode == 2, (cli.proc.stdout, cli.proc.stderr)
+    assert "Traceback" not in cli.proc.stdout + cli.proc.stderr
+    assert cli.proc.stdout == "" and "usage:" in cli.proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a non-positive --timeout is a bad command-line "
-                   "argument (exit 2 per the cli.py docstring) but exits 3 (invalid input)")
-@pytest.mark.parametrize("value", ["0", "-1"])
-def test_non_positive_timeout_is_a_usage_error(value):
-    proc = genbab("verify", TINY, IBP_SPEC, "--timeout", value)
-    assert proc.returncode == 2 and "--timeout" in proc.stderr
+@command(lambda work: ["verify", TINY, IBP_SPEC, "--timeout", "0"])
+@pytest.mark.xfail(strict=True, reason="BUG: --timeout 0 is a bad command-line argument (exit 2 "
+                   "per the cli.py docstring) but exits 3 (invalid input)")
+def test_zero_timeout_is_a_usage_error(cli):
+    assert cli.proc.returncode == 2 and "--timeout" in cli.proc.stderr
 
 
+@command(lambda work: ["verify", TINY, IBP_SPEC, "--timeout", "nan", "--method", "ibp"])
 @pytest.mark.xfail(strict=True, reason="BUG: --timeout nan is accepted (nan <= 0 is False); "
                    "the deadline can then never expire")
-def test_nan_timeout_rejected():
-    proc = genbab("verify", TINY, IBP_SPEC, "--timeout", "nan", "--method", "ibp")
-    assert proc.returncode in (2, 3) and "--timeout" in proc.stderr
+def test_nan_timeout_rejected(cli):
+    assert cli.proc.returncode in (2, 3) and "--timeout" in cli.proc.stderr
 
 
 # --- invalid input (exit 3) ------------------------------------------------------------------
 
 
-def test_missing_model_file(tmp_path):
-    assert_input_error(genbab("verify", tmp_path / "absent.onnx", IBP_SPEC),
-                       "absent.onnx", "no such model file")
+@command(lambda work: ["verify", work / "absent.onnx", IBP_SPEC])
+def test_missing_model_file(cli):
+    assert_input_error(cli.proc, "absent.onnx", "no such model file")
 
 
-def test_missing_property_file(tmp_path):
-    assert_input_error(genbab("verify", TINY, tmp_path / "absent.vnnlib"),
-                       "absent.vnnlib", "no such property file")
+@command(lambda work: ["verify", TINY, work / "absent.vnnlib"])
+def test_missing_property_file(cli):
+    assert_input_error(cli.proc, "absent.vnnlib", "no such property file")
 
 
-def test_malformed_property_reports_file_line_column(tmp_path):
+def _bad_operator_line() -> tuple[int, str]:
+    """(1-based line, text) of IBP_SPEC with '<=' misspelt on the upper bound of X_5."""
     lines = IBP_SPEC.read_text().splitlines()
     row = next(i for i, line in enumerate(lines) if line.startswith("(assert (<= X_5 "))
     lines[row] = lines[row].replace("(<= X_5 ", "(<== X_5 ")
-    bad = tmp_path / "bad.vnnlib"
-    bad.write_text("\n".join(lines) + "\n")
-    message = assert_input_error(genbab("verify", TINY, bad), "'<=='")
-    assert re.search(rf"bad\.vnnlib:{row + 1}:\d+: ", message), message
+    return row + 1, "\n".join(lines) + "\n"
+
+
+@command(lambda work: ["verify", TINY, write(work / "bad.vnnlib", _bad_operator_line()[1])])
+def test_malformed_property_reports_file_line_column(cli):
+    message = assert_input_error(cli.proc, "'<=='")
+    assert re.search(rf"bad\.vnnlib:{_bad_operator_line()[0]}:\d+: ", message), message
     assert len(message.strip().splitlines()) == 1
 
 
-def test_truncated_property(tmp_path):
-    bad = tmp_path / "cut.vnnlib"
-    bad.write_text(IBP_SPEC.read_text()[:-40])
-    message = assert_input_error(genbab("verify", TINY, bad), "cut.vnnlib:")
+@command(lambda work: ["verify", TINY, write(work / "cut.vnnlib", IBP_SPEC.read_text()[:-40])])
+def test_truncated_property(cli):
+    message = assert_input_error(cli.proc)
     assert re.search(r"cut\.vnnlib:\d+:\d+: ", message), message
 
 
-def _small_spec(n_inputs: int, n_outputs: int) -> str:
+def _binary_spec(work: Path) -> list:
+    (work / "bin.vnnlib").write_bytes(b"\x80\xff\x00 not text")
+    return ["verify", TINY, work / "bin.vnnlib"]
+
+
+@command(_binary_spec)
+def test_property_that_is_not_text(cli):
+    assert_input_error(cli.proc, "bin.vnnlib")
+
+
+def _small_spec(work: Path, n_inputs: int, n_outputs: int, word: str) -> list:
     lines = [f"(declare-const X_{i} Real)" for i in range(n_inputs)]
     lines += [f"(declare-const Y_{j} Real)" for j in range(n_outputs)]
     lines += [f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 0.1))" for i in range(n_inputs)]
     lines.append("(assert (>= Y_1 Y_0))")
-    return "\n".join(lines) + "\n"
+    return ["verify", TINY, write(work / "small.vnnlib", "\n".join(lines) + "\n")]
 
 
+@command(_small_spec)
 @pytest.mark.parametrize("n_inputs,n_outputs,word", [(3, 10, "inputs"), (64, 4, "outputs")])
-def test_property_size_does_not_match_model(tmp_path, n_inputs, n_outputs, word):
-    spec = tmp_path / "small.vnnlib"
-    spec.write_text(_small_spec(n_inputs, n_outputs))
-    message = assert_input_error(genbab("verify", TINY, spec), word)
+def test_property_size_does_not_match_model(cli, n_inputs, n_outputs, word):
+    message = assert_input_error(cli.proc, word)
     assert str(n_inputs if word == "inputs" else n_outputs) in message
 
 
-def test_unsupported_operator_names_op_and_node(tmp_path):
+def _hardmax_model(work: Path) -> list:
     model = onnx.load(str(TANH))
     final = model.graph.output[0].name
     model.graph.node[-1].output[0] = "logits"
     model.graph.node.append(onnx.helper.make_node("Hardmax", ["logits"], [final],
                                                   name="my_hardmax_node", axis=1))
     onnx.checker.check_model(model)
-    path = tmp_path / "hardmax.onnx"
-    onnx.save(model, str(path))
-    assert_input_error(genbab("verify", path, ALPHA_SPEC), "Hardmax", "my_hardmax_node")
+    onnx.save(model, str(work / "hardmax.onnx"))
+    return ["verify", work / "hardmax.onnx", ALPHA_SPEC]
 
 
-def test_model_file_that_is_not_onnx(tmp_path):
-    path = tmp_path / "garbage.onnx"
-    path.write_bytes(b"this is not a protobuf \x00\xff")
-    assert_input_error(genbab("verify", path, IBP_SPEC), "garbage.onnx")
+@command(_hardmax_model)
+def test_unsupported_operator_names_op_and_node(cli):
+    assert_input_error(cli.proc, "Hardmax", "my_hardmax_node")
 
 
+def _garbage_model(work: Path) -> list:
+    (work / "garbage.onnx").write_bytes(b"this is not a protobuf \x00\xff")
+    return ["verify", work / "garbage.onnx", IBP_SPEC]
+
+
+@command(_garbage_model)
+def test_model_file_that_is_not_onnx(cli):
+    assert_input_error(cli.proc, "garbage.onnx")
+
+
+@command(lambda work, text, fragment: ["verify", TINY, IBP_SPEC,
+                                       "--config", write(work / "conf.yaml", text)])
 @pytest.mark.parametrize("text,fragment", [
     ("bounds: {method: crown\n", "invalid YAML"),
     ("bounds: {methd: crown}\n", "unknown key 'methd'"),
-    ("no_such_section: 1\n", "unknown key 'no_such_section'"),
     ("timeout: soon\n", "config.timeout"),
-    ("- a list\n", "mapping"),
-], ids=["yaml-syntax", "unknown-nested-key", "unknown-top-key", "wrong-type", "not-mapping"])
-def test_bad_config_file(tmp_path, text, fragment):
-    config = tmp_path / "conf.yaml"
-    config.write_text(text)
-    assert_input_error(genbab("verify", TINY, IBP_SPEC, "--config", config), "conf.yaml", fragment)
+], ids=["yaml-syntax", "unknown-key", "wrong-type"])
+def test_bad_config_file(cli, text, fragment):
+    assert_input_error(cli.proc, "conf.yaml", fragment)
 
 
-def test_missing_config_file(tmp_path):
-    assert_input_error(genbab("verify", TINY, IBP_SPEC, "--config", tmp_path / "absent.yaml"),
-                       "absent.yaml")
+@command(lambda work: ["verify", TINY, IBP_SPEC, "--config", work / "absent.yaml"])
+def test_missing_config_file(cli):
+    assert_input_error(cli.proc, "absent.yaml")
 
 
+@command(lambda work: ["verify", TINY, IBP_SPEC, "--no-attack", "--config",
+                       write(work / "conf.yaml", "bounds: {method: exact}\n")])
 @pytest.mark.xfail(strict=True, reason="BUG: an unknown bounds.method in a config file is "
                    "accepted and silently runs alpha-CROWN instead of exiting 3")
-def test_config_unknown_bound_method(tmp_path):
-    config = tmp_path / "conf.yaml"
-    config.write_text("bounds: {method: exact}\n")
-    assert_input_error(genbab("verify", TINY, IBP_SPEC, "--config", config, "--no-attack"),
-                       "exact")
+def test_config_unknown_bound_method(cli):
+    assert_input_error(cli.proc, "exact")
 
 
+@command(lambda work: ["verify", TINY, IBP_SPEC, "--config",
+                       write(work / "conf.yaml", "device: gpu\n")])
 @pytest.mark.xfail(strict=True, reason="BUG: `device: gpu` in a config file is not validated: "
                    "torch raises RuntimeError and the CLI exits 1 ('internal error')")
-def test_config_unknown_device(tmp_path):
-    config = tmp_path / "conf.yaml"
-    config.write_text("device: gpu\n")
-    assert_input_error(genbab("verify", TINY, IBP_SPEC, "--config", config), "gpu")
+def test_config_unknown_device(cli):
+    assert_input_error(cli.proc, "gpu")
 
 
+@command(lambda work: ["verify", TINY, IBP_SPEC, "--config",
+                       write(work / "conf.yaml", "timeout: -5\n")])
 @pytest.mark.xfail(strict=True, reason="BUG: `timeout: -5` in a config file is accepted (only "
                    "--timeout is checked) and the run answers 'timeout' with exit 0")
-def test_config_negative_timeout(tmp_path):
-    config = tmp_path / "conf.yaml"
-    config.write_text("timeout: -5\n")
-    assert_input_error(genbab("verify", TINY, IBP_SPEC, "--config", config), "timeout")
+def test_config_negative_timeout(cli):
+    assert_input_error(cli.proc, "timeout")
 
 
+@command(lambda work: ["verify", TINY, IBP_SPEC, "--method", "ibp",
+                       "--results-file", work / "no" / "such" / "results.txt"])
 @pytest.mark.xfail(strict=True, reason="BUG: --results-file in a missing directory fails after "
                    "the run with 'internal error: FileNotFoundError' and exit 1")
-def test_results_file_in_missing_directory(tmp_path):
-    target = tmp_path / "no" / "such" / "dir" / "results.txt"
-    proc = genbab("verify", TINY, IBP_SPEC, "--method", "ibp", "--results-file", target)
-    assert "internal error" not in proc.stderr
-    assert proc.returncode == 3 and str(target.parent) in proc.stderr
-
-
-def test_no_traceback_without_debug_on_unreadable_property(tmp_path):
-    spec = tmp_path / "binary.vnnlib"
-    spec.write_bytes(b"\x80\xff\x00 not text")
-    assert_input_error(genbab("verify", TINY, spec), "binary.vnnlib")
-
-
-def test_directory_given_as_property(tmp_path):
-    folder = tmp_path / "folder.vnnlib"
-    folder.mkdir()
-    assert_input_error(genbab("verify", TINY, folder), "folder.vnnlib")
+def test_results_file_in_missing_directory(cli):
+    assert "internal error" not in cli.proc.stderr
+    assert cli.proc.returncode == 3 and str(cli.work / "no" / "such") in cli.proc.stderr

@@ -42,6 +42,7 @@ def bench(tmp_path) -> Path:
 
 
 def test_summary_numbers_and_plot(tmp_path, bench):
+    pytest.importorskip("matplotlib")
     run = batch_csv(tmp_path / "ours.csv", [("p1.vnnlib", "unsat", 2.0), ("p2.vnnlib", "sat", 1.0),
                                             ("p3.vnnlib", "timeout", 60.5),
                                             ("p4.vnnlib", "error", 0.5)])

@@ -120,6 +120,36 @@ def _upper_lines(ld, ud, off, e_ld, e_ud, mag, frac):
     return e_mid, v, bias, scale
 
 
+def _upper_lse(lo, hi, low, high, mag, frac):
+    """Per output: (beta [.., n], p0 [.., S, n], bias [.., S, n], scale) of the LSE upper line.
+
+    ``y_i <= bias_i + beta_i * (x_i - p0 . x)``: the tangent plane of the concave
+    ``h_i(x) = x_i - LSE(x)`` at ``x0`` (shared by the outputs of one vector)
+    composed with a line above ``exp`` on ``[log low_i, log high_i]``.
+    """
+    n = lo.shape[-1]
+    eps = torch.finfo(torch.float64).eps
+    x0 = lo + frac * (hi - lo)
+    lse0 = torch.logsumexp(x0, -1, keepdim=True)
+    p0 = torch.softmax(x0, -1)
+    h0 = x0 - lse0
+    vanishing = low < 1e-250  # then slope 0: the constant exp(h_max) is the line
+    h_min = torch.log(torch.where(vanishing, torch.ones_like(low), low))
+    h_max = torch.log(high)
+    h_min = h_min - eps * (h_min.abs() + 4)
+    h_max = h_max + eps * (h_max.abs() + 4)
+    e_min, e_max = torch.exp(h_min), torch.exp(h_max)
+    width = h_max - h_min
+    narrow = width <= _NARROW
+    beta = torch.where(narrow, e_min, (e_max - e_min) / torch.where(narrow, 1.0, width))
+    beta = torch.where(vanishing, torch.zeros_like(beta), beta)
+    x0_dot = (p0 * x0).sum(-1, keepdim=True)
+    bias = e_max - beta * h_max + beta * (h0 - x0 + x0_dot)
+    big = mag.amax(-1, keepdim=True) + x0.abs().amax(-1, keepdim=True)
+    scale = e_max + beta * (h_max.abs() + h0.abs() + 6 * big + n)
+    return beta, p0, bias, scale
+
+
 class Softmax(Op):
     """Softmax along ``axis`` of the batched tensor (the batch axis is 0)."""
 
@@ -169,8 +199,14 @@ class Softmax(Op):
         e_ld, e_ud = torch.exp(ld) * keep, torch.exp(ud) * keep
         k, q, bias_l, scale_l = _lower_lines(ld, ud, keep, e_ld, e_ud, mag,
                                              self._fraction(params, "lower", A))
-        E, v, bias_u, scale_u = _upper_lines(ld, ud, keep, e_ld, e_ud, mag,
-                                             self._fraction(params, "upper", A))
+        if getattr(self, "upper_kind", "lse") == "lse":
+            beta, p0, bias_u, scale_u = _upper_lse(lo, hi, low, high, mag,
+                                                   self._fraction(params, "upper", A))
+            E = torch.zeros_like(k); v = torch.zeros_like(q)
+        else:
+            E, v, bias_u, scale_u = _upper_lines(ld, ud, keep, e_ld, e_ud, mag,
+                                                 self._fraction(params, "upper", A))
+            beta = torch.zeros_like(low); p0 = torch.zeros_like(low)
         margin = 4 * (n + 8) * torch.finfo(dtype).eps
         bias_l = torch.where(valid, bias_l - margin * scale_l, low)
         bias_u = torch.where(valid, bias_u + margin * scale_u, high)
@@ -178,6 +214,8 @@ class Softmax(Op):
         w_l, w_u = A_pos * q, A_neg * v  # weights of each output's slope vector
         coef = (w_l * k.sum(-1) + w_u * E.sum(-1)
                 - (w_l.unsqueeze(-2) @ k).squeeze(-2) - (w_u.unsqueeze(-2) @ E).squeeze(-2))
+        w_b = A_neg * beta * valid
+        coef = coef + w_b - p0 * w_b.sum(-1, keepdim=True)
         B, S = A.shape[:2]
         bias_lin = (A_pos * bias_l + A_neg * bias_u).reshape(B, S, -1).sum(-1)
         value_lin = bias_lin + (coef.clamp(min=0) * lo + coef.clamp(max=0) * hi
