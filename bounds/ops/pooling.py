@@ -17,7 +17,7 @@ IBP is exact: the window max of the lower and of the upper bounds.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -120,6 +120,36 @@ def _upper_lines(ld, ud, off, e_ld, e_ud, mag, frac):
     return e_mid, v, bias, scale
 
 
+def _lower_lse(lo, hi, mag, frac):
+    """Per output: (w [.., S, n], b [.., n], t0 [.., S, 1], bias [.., S, n], scale).
+
+    ``y_i >= bias_i + w_i * (x_i - b . x / t0)`` from ``y_i = exp(h_i)``: the
+    tangent of exp at ``h_i(x0)``, the tangent of log at ``t0 = sum exp(x0)``
+    and secants of exp on [l_j, u_j] (``S(x) = sum_j e^l_j + b_j (x_j - l_j)``).
+    Computed on ``x - c`` with ``c = max u`` (softmax is shift invariant).
+    """
+    n = lo.shape[-1]
+    c = hi.amax(-1, keepdim=True)
+    lz, uz = lo - c, hi - c
+    z0 = lz + frac * (uz - lz)
+    e_l, e_u = torch.exp(lz), torch.exp(uz)
+    width = uz - lz
+    narrow = width <= _NARROW
+    b = torch.where(narrow, e_u, (e_u - e_l) / torch.where(narrow, 1.0, width))
+    t0 = torch.exp(z0).sum(-1, keepdim=True)
+    p0 = torch.exp(z0) / t0
+    # y_i >= p0_i * (2 + z_i - z0_i - S(z) / t0),  S(z) = sum_j (e_l_j - b_j lz_j) + b . z
+    s_const = (e_l - b * lz).sum(-1, keepdim=True)
+    bias_z = p0 * (2 - z0 - s_const / t0)
+    # back to x: z = x - c, and the slopes sum to (1 - sum_j b_j / t0) per output
+    slope_sum = 1 - b.sum(-1, keepdim=True) / t0
+    bias = bias_z - p0 * slope_sum * c
+    big = mag.amax(-1, keepdim=True) + c.abs()
+    scale = p0 * (2 + z0.abs() + (e_l + b * (lz.abs() + uz.abs())).sum(-1, keepdim=True) / t0
+                  + 4 * big * (1 + b.sum(-1, keepdim=True) / t0) + n)
+    return p0, b, t0, bias, scale
+
+
 def _upper_lse(lo, hi, low, high, mag, frac):
     """Per output: (beta [.., n], p0 [.., S, n], bias [.., S, n], scale) of the LSE upper line.
 
@@ -199,6 +229,10 @@ class Softmax(Op):
         e_ld, e_ud = torch.exp(ld) * keep, torch.exp(ud) * keep
         k, q, bias_l, scale_l = _lower_lines(ld, ud, keep, e_ld, e_ud, mag,
                                              self._fraction(params, "lower", A))
+        lse_low = getattr(self, "lower_kind", "er") == "lse"
+        if lse_low:
+            p0l, bl, t0l, bias_l, scale_l = _lower_lse(lo, hi, mag, self._fraction(params, "lower", A))
+            q = torch.zeros_like(q)
         if getattr(self, "upper_kind", "lse") == "lse":
             beta, p0, bias_u, scale_u = _upper_lse(lo, hi, low, high, mag,
                                                    self._fraction(params, "upper", A))
@@ -214,6 +248,9 @@ class Softmax(Op):
         w_l, w_u = A_pos * q, A_neg * v  # weights of each output's slope vector
         coef = (w_l * k.sum(-1) + w_u * E.sum(-1)
                 - (w_l.unsqueeze(-2) @ k).squeeze(-2) - (w_u.unsqueeze(-2) @ E).squeeze(-2))
+        if lse_low:
+            w_a = A_pos * p0l * valid
+            coef = coef + w_a - (bl / t0l) * w_a.sum(-1, keepdim=True)
         w_b = A_neg * beta * valid
         coef = coef + w_b - p0 * w_b.sum(-1, keepdim=True)
         B, S = A.shape[:2]
@@ -221,7 +258,7 @@ class Softmax(Op):
         value_lin = bias_lin + (coef.clamp(min=0) * lo + coef.clamp(max=0) * hi
                                 ).reshape(B, S, -1).sum(-1)
         bias_const = (A_pos * low + A_neg * high).reshape(B, S, -1).sum(-1)
-        linear = value_lin > bias_const
+        linear = (value_lin > bias_const) | getattr(self, "always_linear", False)
         coef = torch.where(linear.reshape(B, S, *([1] * (coef.dim() - 2))), coef, 0.0)
         bias = cast_down(torch.where(linear, bias_lin, bias_const), dtype)
         return [coef.movedim(-1, axis).to(dtype)], bias
