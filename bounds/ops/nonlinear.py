@@ -84,9 +84,9 @@ def finish(lw: Tensor, lb: Tensor, uw: Tensor, ub: Tensor, low: Tensor, high: Te
 
 # --- the tangent / chord engine -------------------------------------------------------------
 
-def tangent_below(f, df, d: Tensor, x: Tensor, fx: Tensor) -> Tensor:
-    """Where the tangent of f at d lies on or below the point (x, fx)."""
-    return f(d) + df(d) * (x - d) <= fx
+def tangent_below(f, df, d: Tensor, x: Tensor, fx: Tensor, sign=1.0) -> Tensor:
+    """Where the tangent of f at d is on or below (x, fx) (above it where ``sign`` is -1)."""
+    return sign * (f(d) + df(d) * (x - d) - fx) <= 0
 
 
 def _bisect(valid, good: Tensor, bad: Tensor, steps: int = _SPAN_STEPS) -> Tensor:
@@ -98,31 +98,47 @@ def _bisect(valid, good: Tensor, bad: Tensor, steps: int = _SPAN_STEPS) -> Tenso
     return good
 
 
-def tangent_span(f, df, l: Tensor, u: Tensor, fl: Tensor, fu: Tensor, a, b
+def tangent_span(f, df, l: Tensor, u: Tensor, fl: Tensor, fu: Tensor, a, b, sign=1.0
                  ) -> tuple[Tensor, Tensor, Tensor]:
     """(t0, t1, ok): tangent points d in [t0, t1] within [a, b] give lines below f on [l, u].
 
-    f is convex on [a, b] and concave on the rest of [l, u] (then the tangent at d
-    is valid iff it is below f at l and u).  ``ok`` is False where no such d exists.
+    ``sign * f`` is convex on [a, b] and concave on the rest of [l, u] (then the
+    tangent at d is valid iff it is below ``sign * f`` at l and u, which
+    bisection finds); ``ok`` is False where no such d exists.  With sign -1 the
+    tangents are upper lines of f.  All tensors broadcast to one shape.
     """
-    a, b = torch.broadcast_tensors(torch.as_tensor(a, dtype=l.dtype), torch.as_tensor(
-        b, dtype=l.dtype), l)[:2]
+    l, u, fl, fu, a, b, sign = torch.broadcast_tensors(
+        l, u, fl, fu, *(torch.as_tensor(v, dtype=l.dtype) for v in (a, b, sign)))
     lc, uc = torch.maximum(l, a), torch.minimum(u, b)
     some = lc <= uc
     lc, uc = torch.where(some, lc, l), torch.where(some, uc, l)
     t0, t1 = lc.clone(), uc.clone()
     need0, need1 = some & (l < a), some & (u > b)
-    if bool(need0.any() or need1.any()):  # both searches in one bisection
+    if bool(need0.any() or need1.any()):  # every search in one bisection
         i0, i1 = need0.nonzero(as_tuple=True), need1.nonzero(as_tuple=True)
         n0 = i0[0].numel()
         x, fx = torch.cat([l[i0], u[i1]]), torch.cat([fl[i0], fu[i1]])
-        found = _bisect(lambda d: tangent_below(f, df, d, x, fx),
+        sg = torch.cat([sign[i0], sign[i1]])
+        found = _bisect(lambda d: tangent_below(f, df, d, x, fx, sg),
                         torch.cat([uc[i0], lc[i1]]), torch.cat([lc[i0], uc[i1]]))
         t0[i0], t1[i1] = found[:n0], found[n0:]
     ok = some & (t0 <= t1)
-    ok = ok & (~need0 | tangent_below(f, df, t0, l, fl))
-    ok = ok & (~need1 | tangent_below(f, df, t1, u, fu))
+    ok = ok & (~need0 | tangent_below(f, df, t0, l, fl, sign))
+    ok = ok & (~need1 | tangent_below(f, df, t1, u, fu, sign))
     return t0, t1, ok
+
+
+def tangent_spans(f, df, l, u, fl, fu, problems) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``tangent_span`` for several (a, b, sign) problems on the same intervals, one bisection.
+
+    A problem of None has no convex part (``ok`` is False everywhere).
+    """
+    empty = (INF, -INF, 1.0)
+    parts = [torch.broadcast_tensors(l, *(torch.as_tensor(v, dtype=l.dtype)
+                                          for v in (p or empty)))[1:] for p in problems]
+    a, b, sign = (torch.stack([p[i] for p in parts]) for i in range(3))
+    t0, t1, ok = tangent_span(f, df, l, u, fl, fu, a, b, sign)
+    return list(zip(t0.unbind(0), t1.unbind(0), ok.unbind(0)))
 
 
 def chord(df, l: Tensor, u: Tensor, fl: Tensor, fu: Tensor) -> tuple[Tensor, Tensor]:
@@ -160,24 +176,15 @@ def place(t0: Tensor, t1: Tensor, l: Tensor, u: Tensor, frac: Tensor | None
     return torch.minimum(torch.maximum(d, t0), t1), default
 
 
-def support_line(f, df, l, u, fl, fu, region, frac, cap, edge=-INF):
-    """Lower line of f on [l, u]: tangent in the convex ``region`` (or None), else the chord.
-
-    Returns (slope, bias, default fraction).
-    """
+def span_line(f, df, l, u, fl, fu, span, frac, cap, edge=-INF):
+    """(slope, bias, default fraction): the tangent placed in ``span``, or the chord where
+    the span is empty (a lower line for a lower span, an upper line for an upper one)."""
+    t0, t1, ok = span
     with torch.no_grad():
-        if region is None:
-            t0, t1, ok = l, l, torch.zeros_like(l, dtype=torch.bool)
-        else:
-            t0, t1, ok = tangent_span(f, df, l, u, fl, fu, *region)
         cs, cb = chord(df, l, u, fl, fu)
     d, default = place(t0, t1, l, u, frac)
     ts, tb = safe_tangent(f, df, d, cap, edge)
     return torch.where(ok, ts, cs), torch.where(ok, tb, cb), default
-
-
-def _neg(fn):
-    return lambda x: -fn(x)
 
 
 # --- the base classes ---------------------------------------------------------------------
@@ -275,15 +282,17 @@ class Smooth(Relaxed):
         f, df = self.function, self.derivative
         fl, fu = f(l), f(u)
         get = (lambda k: None) if frac is None else frac.get
-        lw, lb, d_low = support_line(f, df, l, u, fl, fu, self.convex, get("lower"), cap,
-                                     self.domain[0])
-        uw, ub, d_up = self._upper(l, u, fl, fu, get("upper"), cap)
+        with torch.no_grad():
+            low, up = tangent_spans(f, df, l, u, fl, fu, [
+                self.convex and (*self.convex, 1.0), self._upper_problem(l, u, fl, fu)])
+        edge = self.domain[0]
+        lw, lb, d_low = span_line(f, df, l, u, fl, fu, low, get("lower"), cap, edge)
+        uw, ub, d_up = span_line(f, df, l, u, fl, fu, up, get("upper"), cap, edge)
         return lw, lb, uw, ub, {"lower": d_low, "upper": d_up}
 
-    def _upper(self, l, u, fl, fu, frac, cap):
-        nf, ndf = _neg(self.function), _neg(self.derivative)
-        s, b, d = support_line(nf, ndf, l, u, -fl, -fu, self.concave, frac, cap, self.domain[0])
-        return -s, -b, d
+    def _upper_problem(self, l, u, fl, fu):
+        """(a, b, -1): where -f is convex, for the upper line (or None)."""
+        return self.concave and (*self.concave, -1.0)
 
     def _monotone_range(self, l, u, increasing: bool = True):
         fl, fu = self.function(l), self.function(u)
@@ -483,7 +492,8 @@ class XSigmoid(Smooth):
     ``argmin``).  Lower line: the engine with the convex middle.  Upper line:
     the two concave tails have slopes below 0 (left) and above 1 (right), so a
     tangent on one tail is valid iff it is above f at the other end; the right
-    tangent is tried, then the left one, then the chord.
+    tail is used where its steepest tangent (at u) is valid, else the left one
+    (the engine falls back to the chord where neither has a valid tangent).
     """
 
     alpha_names = ("lower", "upper")
@@ -504,19 +514,12 @@ class XSigmoid(Smooth):
         return torch.where(at_min, torch.minimum(low, torch.full_like(low, floor)), low), \
             torch.maximum(fl, fu)
 
-    def _upper(self, l, u, fl, fu, frac, cap):
-        nf, ndf = _neg(self.function), _neg(self.derivative)
+    def _upper_problem(self, l, u, fl, fu):
+        """The right concave tail where its steepest tangent (at u) is above f(l), else the left."""
         c = self.inflection
-        with torch.no_grad():
-            r0, r1, right = tangent_span(nf, ndf, l, u, -fl, -fu, c, INF)
-            q0, q1, left = tangent_span(nf, ndf, l, u, -fl, -fu, -INF, -c)
-            left = left & ~right
-            t0, t1 = torch.where(right, r0, q0), torch.where(right, r1, q1)
-            cs, cb = chord(ndf, l, u, -fl, -fu)
-        d, default = place(t0, t1, l, u, frac)
-        ts, tb = safe_tangent(nf, ndf, d, cap)
-        ok = right | left
-        return -torch.where(ok, ts, cs), -torch.where(ok, tb, cb), default
+        right = (l >= -c) | ((u > c) & tangent_below(self.function, self.derivative, u, l, fl,
+                                                    -1.0))
+        return torch.where(right, c, -INF), torch.where(right, INF, -c), -1.0
 
 
 _SQRT_HALF = math.sqrt(0.5)
