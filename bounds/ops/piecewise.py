@@ -21,7 +21,7 @@ import torch
 
 from bounds.ops.activation import Monotone
 from bounds.ops.base import Tensor
-from bounds.ops.nonlinear import EPS64, Relaxed, chord, place, safe_tangent, tangent_span
+from bounds.ops.nonlinear import EPS64, INF, Relaxed, chord, place, safe_tangent, tangent_spans
 
 TWO_PI = 2 * math.pi
 HALF_PI = math.pi / 2
@@ -61,33 +61,38 @@ def _chord_valid(q: int, l: Tensor, u: Tensor, s: Tensor, b: Tensor) -> Tensor:
     return (xk > u) | (sin_quarter(xk, q) - (s * xk + b) >= 0)
 
 
-def trig_lower(q: int, l: Tensor, u: Tensor, frac: Tensor | None, cap: float):
-    """Lower line (slope, bias, default fraction) of sin(x + q pi/2) on [l, u]."""
+def _trig_region(q: int, l: Tensor, u: Tensor, gl: Tensor, gu: Tensor, wide: Tensor):
+    """The valley of sin(x + q pi/2) (values gl, gu at the ends) holding its minimum over [l, u],
+    slightly shrunk; empty where the interval is too wide for the tangent argument."""
+    x0 = -(q + 1) * HALF_PI  # minimum points x0 + 2 pi k
+    first = _first_at_or_after(l, x0)
+    ends = torch.where(gl <= gu, l, u)
+    nearest = x0 + TWO_PI * torch.round((ends - x0) / TWO_PI)
+    centre = torch.where(first <= u, first, nearest)
+    shrink = 1e-9 + 8 * EPS64 * centre.abs()
+    return (torch.where(wide, INF, centre - HALF_PI + shrink),
+            torch.where(wide, -INF, centre + HALF_PI - shrink))
+
+
+def _trig_line(q: int, l, u, gl, gu, span, frac, cap, wide, upper: bool):
+    """(slope, bias, default): lower (or upper) line of g = sin(x + q pi/2) from its span."""
     def g(x):
         return sin_quarter(x, q)
 
     def dg(x):
         return sin_quarter(x, q + 1)
 
-    gl, gu = g(l), g(u)
+    ok = span[2]
+    sign = -1.0 if upper else 1.0
     with torch.no_grad():
-        wide = (u - l) >= TWO_PI - 1e-6
-        x0 = -(q + 1) * HALF_PI  # minimum points x0 + 2 pi k
-        first = _first_at_or_after(l, x0)
-        ends = torch.where(gl <= gu, l, u)
-        nearest = x0 + TWO_PI * torch.round((ends - x0) / TWO_PI)
-        centre = torch.where(first <= u, first, nearest)  # the valley holding the minimum
-        shrink = 1e-9 + 8 * EPS64 * centre.abs()
-        t0, t1, ok = tangent_span(g, dg, l, u, gl, gu, centre - HALF_PI + shrink,
-                                  centre + HALF_PI - shrink)
-        ok = ok & ~wide
         cs, cb = chord(dg, l, u, gl, gu)
-        chord_ok = ~wide & ~ok & _chord_valid(q, l, u, cs, cb)
-        low = trig_range(q, l, u)[0]
-    d, default = place(t0, t1, l, u, frac)
+        chord_ok = ~wide & ~ok & _chord_valid(q + (2 if upper else 0), l, u, sign * cs,
+                                              sign * cb)
+        const = trig_range(q, l, u)[1 if upper else 0]
+    d, default = place(span[0], span[1], l, u, frac)
     ts, tb = safe_tangent(g, dg, d, cap)
     slope = torch.where(ok, ts, torch.where(chord_ok, cs, 0.0))
-    return slope, torch.where(ok, tb, torch.where(chord_ok, cb, low)), default
+    return slope, torch.where(ok, tb, torch.where(chord_ok, cb, const)), default
 
 
 class Sin(Relaxed):
@@ -106,10 +111,17 @@ class Sin(Relaxed):
         return trig_range(self.quarter, l, u)
 
     def _lines(self, l, u, frac, cap):
+        q = self.quarter
+        gl, gu = self.function(l), self.function(u)
         get = (lambda k: None) if frac is None else frac.get
-        lw, lb, d_low = trig_lower(self.quarter, l, u, get("lower"), cap)
-        uw, ub, d_up = trig_lower(self.quarter + 2, l, u, get("upper"), cap)
-        return lw, lb, -uw, -ub, {"lower": d_low, "upper": d_up}
+        with torch.no_grad():
+            wide = (u - l) >= TWO_PI - 1e-6
+            spans = tangent_spans(self.function, self.derivative, l, u, gl, gu, [
+                (*_trig_region(q, l, u, gl, gu, wide), 1.0),
+                (*_trig_region(q + 2, l, u, -gl, -gu, wide), -1.0)])
+        lw, lb, d_low = _trig_line(q, l, u, gl, gu, spans[0], get("lower"), cap, wide, False)
+        uw, ub, d_up = _trig_line(q, l, u, gl, gu, spans[1], get("upper"), cap, wide, True)
+        return lw, lb, uw, ub, {"lower": d_low, "upper": d_up}
 
 
 class Cos(Sin):
