@@ -94,7 +94,7 @@ def _init_params(graph: Graph, bounds: BoundsMap, starts: dict[str, int]) -> dic
         above = graph.ancestors(start)
         per: Params = {}
         for node in graph.nonlinear_nodes():
-            if node.name not in above or node.name == start:
+            if node.name not in above:
                 continue
             init = node.op.init_alpha([(bounds[i][0].detach(), bounds[i][1].detach())
                                        for i in node.inputs])

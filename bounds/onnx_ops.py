@@ -99,7 +99,7 @@ def convert_matmul(ctx, node):
             raise ConversionError("MatMul of a constant with a per-sample vector")
         if w.ndim == len(ctx.shape(right)) + 1:
             w = per_sample(ctx, w, right)
-        ctx.add(node.output[0], ConstMatMulLeft(tensor(w)), [right])
+        ctx.add(node.output[0], ConstMatMulLeft(tensor(w), ctx.shape(right)), [right])
     else:
         raise ConversionError("MatMul of two variables")
 

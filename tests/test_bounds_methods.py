@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -18,7 +19,7 @@ import torch
 from bounds.graph import Graph, Node, input_node
 from bounds.methods import BoundOptions, compute_bounds, intermediate_bounds
 from bounds.ops.activation import Relu, Sigmoid, Tanh
-from bounds.ops.affine import Conv, Linear, Reshape
+from bounds.ops.affine import AddVar, Conv, Linear, Reshape
 from bounds.ops.softmax import Softmax
 from bounds.traversal import backward_pass
 
@@ -107,6 +108,24 @@ def test_relu_pair_alpha_crown_by_hand():
     torch.testing.assert_close(up[:, 0], torch.tensor([4.5], dtype=F64), rtol=0, atol=1e-12)
     assert -2.25 - 0.03 <= float(low[0, 1]) <= -2.25 + 1e-12
     assert 2.25 - 1e-12 <= float(up[0, 1]) <= 2.25 + 0.03
+
+
+def test_single_relu_crown_is_looser_than_ibp_by_hand():
+    # y = relu(x) on [-1, 2]: IBP gives [0, 2].  CROWN's default lower line has slope 1
+    # (u = 2 > -l = 1): y >= x >= -1; the upper chord 2/3 (x + 1) gives 2 at x = 2.  So even
+    # one hidden neuron can make the default CROWN bound looser than IBP; alpha-CROWN
+    # (slope 0) recovers 0.
+    graph = Graph((input_node("x", (1,)), Node("y", Relu(), ("x",), (1,))), ("x",), ("y",))
+    graph = Graph(graph.nodes + (Node("out", Linear(torch.eye(1, dtype=F64), None), ("y",),
+                                      (1,)),), ("x",), ("out",))
+    lo, hi = torch.tensor([[-1.0]], dtype=F64), torch.tensor([[2.0]], dtype=F64)
+    ibp = bounds_of(graph, lo, hi, "ibp")
+    crown = bounds_of(graph, lo, hi, "crown")
+    alpha = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=30, alpha_lr=0.2)
+    assert (ibp[0].item(), ibp[1].item()) == (0.0, 2.0)
+    assert crown[0].item() == pytest.approx(-1.0, abs=1e-12)
+    assert crown[1].item() == pytest.approx(2.0, abs=1e-12)
+    assert -1e-12 <= -alpha[0].item() <= 1e-3
 
 
 def test_linear_net_crown_is_exact():
@@ -218,7 +237,7 @@ def test_sigmoid_neuron_alpha_crown_reaches_the_exact_bound():
     # For one increasing neuron the best lower line is the tangent at zl (fraction 0), whose
     # value at zl is sigmoid(zl): alpha-CROWN must close CROWN's gap, and never pass the truth.
     graph, lo, hi, zl, zu = sigmoid_neuron(-1.5, 2.0, head=True)
-    crown_low, crown_up, _ = bounds_of(graph, lo, hi, "crown")
+    crown_low, _, _ = bounds_of(graph, lo, hi, "crown")
     low, up, res = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=50, alpha_lr=0.2)
     assert res.method == "alpha-crown" and res.iterations > 0
     assert crown_low.item() < sig(zl) - 1e-3  # there is a gap to close
@@ -226,13 +245,9 @@ def test_sigmoid_neuron_alpha_crown_reaches_the_exact_bound():
     assert sig(zu) <= up.item() <= sig(zu) + 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (tightness, not soundness): alpha-CROWN never "
-                   "optimises the relaxation of a nonlinear *output* node (_init_params skips "
-                   "the start node), so on a graph ending in Sigmoid it returns CROWN's bound "
-                   "unchanged (method 'crown', 0 iterations)")
 def test_alpha_crown_optimises_a_nonlinear_output_node():
-    graph, lo, hi, zl, zu = sigmoid_neuron(-1.5, 2.0, head=False)
-    low, _, res = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=50, alpha_lr=0.2)
+    graph, lo, hi, zl, _ = sigmoid_neuron(-1.5, 2.0, head=False)
+    low, _, _ = bounds_of(graph, lo, hi, "alpha-crown", alpha_iterations=50, alpha_lr=0.2)
     assert sig(zl) - 1e-6 <= low.item() <= sig(zl)
 
 
@@ -251,7 +266,7 @@ def random_mlp(sizes, act, dtype, seed: int) -> Graph:
     gen = torch.Generator().manual_seed(seed)
     nodes = [input_node("x", (sizes[0],))]
     prev = "x"
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         weight = torch.randn(b, a, generator=gen, dtype=F64) * 3 / math.sqrt(a)
         bias = torch.randn(b, generator=gen, dtype=F64)
         nodes.append(Node(f"l{i}", Linear(weight, bias).to("cpu", dtype), (prev,), (b,)))
@@ -432,7 +447,30 @@ def test_mlp_with_softmax_output_is_sound(dtype):
     graph = Graph(graph.nodes + (head,), ("x",), ("sm",))
     lo, hi = random_box((3,), dtype, seed=21, radius=0.5)
     res = check_soundness(graph, lo, hi, seed=22, alpha_iterations=10)
-    for low, up in res.values():
-        assert bool((low >= -1e-6).all() and (up <= 1 + 1e-6).all()) or True  # CROWN may exceed
+    ibp_low, ibp_up = res["ibp"]  # IBP of softmax stays in [0, 1]; linear bounds need not
+    assert bool((ibp_low >= 0).all() and (ibp_up <= 1).all())
     slack = 1e-4 if dtype == torch.float32 else 1e-6
     assert bool((res["alpha-crown"][0] >= res["crown"][0] - slack).all())
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_residual_net_is_sound(act):
+    """x -> l0 -> act -> l1 -> (+ l0) -> act -> l2: a node with two consumers and AddVar."""
+    gen = torch.Generator().manual_seed(31)
+
+    def lin(n_out, n_in):
+        return Linear(torch.randn(n_out, n_in, generator=gen, dtype=F64),
+                      torch.randn(n_out, generator=gen, dtype=F64))
+
+    cls = ACTIVATIONS[act]
+    nodes = (input_node("x", (3,)),
+             Node("l0", lin(6, 3), ("x",), (6,)),
+             Node("a0", cls(), ("l0",), (6,)),
+             Node("l1", lin(6, 6), ("a0",), (6,)),
+             Node("sum", AddVar(1.0, [(6,), (6,)]), ("l1", "l0"), (6,)),
+             Node("a1", cls(), ("sum",), (6,)),
+             Node("l2", lin(2, 6), ("a1",), (2,)))
+    graph = Graph(nodes, ("x",), ("l2",))
+    lo, hi = random_box((3,), F64, seed=32, radius=0.6)
+    res = check_soundness(graph, lo, hi, seed=33, alpha_iterations=10)
+    assert bool((res["alpha-crown"][0] >= res["crown"][0] - 1e-6).all())

@@ -14,6 +14,8 @@
 """
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bounds.methods import BoundOptions, compute_bounds
-from bounds.onnx_import import UnsupportedModelError, compare_with_onnxruntime, load_onnx
+from bounds.onnx_import import (
+    ModelError,
+    UnsupportedModelError,
+    compare_with_onnxruntime,
+    load_onnx,
+    read_model,
+)
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 BENCHMARK_SETS = ("eran_sigmoid_2021", "vnncomp2020_nln_mnist_sigmoid_tanh", "acasxu_2023",
@@ -53,12 +61,9 @@ def benchmark_models() -> list:
 @pytest.mark.parametrize("path", benchmark_models())
 def test_benchmark_model_matches_onnxruntime(path):
     graph = load_onnx(path)
-    proto = onnx.load(str(path)) if path.suffix == ".onnx" else None
-    if proto is None:
-        import gzip
-        proto = onnx.load_from_string(gzip.decompress(path.read_bytes()))
+    proto = read_model(path)
     size = graph.input_node.size
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
     lower = rng.random(size) * 0.9
     upper = lower + 0.1
     worst = compare_with_onnxruntime(graph, proto, lower, upper, samples=4)
@@ -323,11 +328,6 @@ def test_softmax_output_model():
     check_conversion(make_model(nodes, [1, 4], [const("W", rand(3, 4))]))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Add of two variables of different ranks ((1,3,4) + "
-                   "(1,4), valid ONNX) is imported as AddVar with per-sample shapes (3,4) and "
-                   "(4,); a batch of samples then broadcasts the second operand's batch axis "
-                   "against the first's axis of size 3 (wrong values for batch 3, an error "
-                   "for other batch sizes > 1)")
 def test_add_of_variables_with_different_ranks_batches_correctly():
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["a"]),
              helper.make_node("Gemm", ["x", "W"], ["b"], transB=1),
@@ -377,3 +377,30 @@ def test_two_unsupported_ops_are_listed_together():
     for text in ("Hardmax", "hm", "LpNormalization", "lpn", "Swoosh", "cust"):
         assert text in message
     assert len(info.value.problems) == 3
+
+
+def test_gzipped_model_loads(tmp_path):
+    nodes = [helper.make_node("Gemm", ["x", "W"], ["g"], transB=1),
+             helper.make_node("Sigmoid", ["g"], ["y"])]
+    model = make_model(nodes, [1, 4], [const("W", rand(3, 4))])
+    path = tmp_path / "m.onnx.gz"
+    path.write_bytes(gzip.compress(model.SerializeToString()))
+    graph = load_onnx(path)
+    compare_with_onnxruntime(graph, model, -np.ones(4), np.ones(4))
+
+
+def test_symbolic_feature_dimension_is_a_model_error():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "test",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(ModelError, match="symbolic"):
+        load_onnx(model)
+
+
+def test_unreadable_model_is_a_model_error(tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ModelError):
+        load_onnx(path)

@@ -27,23 +27,20 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 
+from bounds.graph import Graph, Node, input_node
+from bounds.methods import BoundOptions, compute_bounds
+from bounds.onnx_import import UnsupportedModelError, compare_with_onnxruntime, load_onnx
+from bounds.onnx_ops_nonlinear import CONVERTERS, fuse_gelu
 from bounds.ops import ELEMENTWISE_OPS
-from bounds.ops.nonlinear import (
-    Erf,
-    Exp,
-    Gelu,
-    GeluTanh,
-    Log,
-    Pow,
-    Reciprocal,
-    Silu,
-    Softplus,
-    Sqrt,
-    XSigmoid,
-)
+from bounds.ops.affine import Linear
+from bounds.ops.nonlinear import (Erf, Exp, Gelu, GeluTanh, Log, Pow, Reciprocal, Silu,
+                                  Softplus, Sqrt, XSigmoid)
 from bounds.ops.piecewise import Abs, Clip, Cos, Floor, LeakyRelu, Sign, Sin
 
 F64 = torch.float64
@@ -319,6 +316,32 @@ def test_backward_is_sound_with_finite_gradients(name, dtype):
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
+def test_gradients_through_interval_bounds_are_finite(name):
+    """alpha-CROWN differentiates through intermediate bounds: no NaN may flow back."""
+    op = OPS[name]()
+    for family in ("unit", "crossing", "tiny", "degenerate", "tails", "poles"):
+        for dtype in DTYPES:
+            lo, hi, _ = case(family, dtype)
+            lo, hi = lo.clone().requires_grad_(True), hi.clone().requires_grad_(True)
+            rel = op.relax(lo, hi, op.alpha_init(lo.detach(), hi.detach()) or None)
+            ilo, ihi = op.interval((lo, hi))
+            total = sum(torch.where(torch.isfinite(t), t, 0.0).sum()
+                        for t in (rel.lw, rel.lb, rel.uw, rel.ub, ilo, ihi))
+            if total.requires_grad:
+                total.backward()
+                for t in (lo, hi):
+                    assert t.grad is None or bool(torch.isfinite(t.grad).all()), (name, family)
+
+
+def test_chord_gradient_reaches_the_interval_ends():
+    lo = torch.tensor([0.0], dtype=F64, requires_grad=True)
+    hi = torch.tensor([1.0], dtype=F64, requires_grad=True)
+    rel = Exp().relax(lo, hi)
+    rel.uw.sum().backward()  # slope (e^u - e^l) / (u - l): d/du = (e - (e - 1)) / 1 = 1
+    assert math.isclose(float(hi.grad), 1.0, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
 def test_alpha_broadcasts_over_specs_and_init_is_default(name):
     op = OPS[name]()
     lo, hi, x = case("unit", F64)
@@ -462,3 +485,196 @@ def test_relaxation_areas_do_not_grow():
             elif value > old * (1 + 1e-6) + 1e-12:
                 problems.append(f"{name} [{key}]: area {value:.9g} > golden {old:.9g}")
     assert not problems, "looser relaxations:\n" + "\n".join(problems)
+
+
+# --- ONNX converters --------------------------------------------------------------------------
+
+N_FEATURES = 5
+
+
+def _const(name: str, value) -> onnx.TensorProto:
+    return onnx.numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def _model(nodes, initializers, opset: int, extra_outputs=()) -> onnx.ModelProto:
+    """x -> MatMul(W) = h -> nodes -> y, with a symbolic batch axis."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", N_FEATURES])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+            for n in ("y", *extra_outputs)]
+    weight = _const("W", np.eye(N_FEATURES) * 0.9 + 0.05)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["h"]), *nodes], "g", [x],
+                              outs, initializer=[weight, *initializers])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
+def _unary_model(op_type: str, opset: int = 13, consts=(), inputs=None, **attrs):
+    names = [n for n, _ in consts]
+    node = helper.make_node(op_type, ["h", *names] if inputs is None else inputs, ["y"], **attrs)
+    return _model([node], [_const(n, v) for n, v in consts], opset)
+
+
+POSITIVE = (0.2, 3.0)
+CONVERTER_CASES = {
+    "Gelu": lambda: (_unary_model("Gelu", 20, approximate="none"), Gelu),
+    "Gelu(tanh)": lambda: (_unary_model("Gelu", 20, approximate="tanh"), GeluTanh),
+    "Erf": lambda: (_unary_model("Erf"), Erf),
+    "Sin": lambda: (_unary_model("Sin"), Sin),
+    "Cos": lambda: (_unary_model("Cos"), Cos),
+    "Exp": lambda: (_unary_model("Exp"), Exp),
+    "Log": lambda: (_unary_model("Log"), Log, POSITIVE),
+    "Reciprocal": lambda: (_unary_model("Reciprocal"), Reciprocal, POSITIVE),
+    "Sqrt": lambda: (_unary_model("Sqrt"), Sqrt, POSITIVE),
+    "Pow(2)": lambda: (_unary_model("Pow", consts=[("e", 2.0)]), Pow),
+    "Pow(3)": lambda: (_unary_model("Pow", consts=[("e", [3.0])]), Pow),
+    "Pow(0.5)": lambda: (_unary_model("Pow", consts=[("e", 0.5)]), Pow, POSITIVE),
+    "Pow(-1)": lambda: (_unary_model("Pow", consts=[("e", -1.0)]), Pow, POSITIVE),
+    "LeakyRelu": lambda: (_unary_model("LeakyRelu", alpha=0.1), LeakyRelu),
+    "Softplus": lambda: (_unary_model("Softplus"), Softplus),
+    "Sign": lambda: (_unary_model("Sign"), Sign),
+    "Floor": lambda: (_unary_model("Floor"), Floor),
+    "Abs": lambda: (_unary_model("Abs"), Abs),
+    "Clip(inputs)": lambda: (_unary_model("Clip", consts=[("lo", -0.5), ("hi", 0.7)]), Clip),
+    "Clip(max only)": lambda: (_unary_model("Clip", consts=[("hi", 0.7)],
+                                            inputs=["h", "", "hi"]), Clip),
+    "Clip(attributes)": lambda: (_unary_model("Clip", 6, min=-0.5, max=0.7), Clip),
+    "HardSigmoid": lambda: (_unary_model("HardSigmoid", alpha=0.3, beta=0.4), Clip),
+}
+
+
+def test_every_converter_is_tested():
+    tested = {name.split("(")[0] for name in CONVERTER_CASES}
+    assert tested == set(CONVERTERS)
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTER_CASES))
+def test_converter_matches_onnxruntime(name):
+    model, op_class, *box = CONVERTER_CASES[name]()
+    low, high = box[0] if box else (-3.0, 3.0)
+    graph = load_onnx(model)
+    assert isinstance(graph.output_node.op, op_class)
+    lower, upper = np.full(N_FEATURES, low), np.full(N_FEATURES, high)
+    worst = compare_with_onnxruntime(graph, model, lower, upper, samples=16)
+    assert worst < 1e-4
+
+
+@pytest.mark.parametrize("nodes, consts, message", [
+    ([helper.make_node("Pow", ["c", "h"], ["y"])], [("c", 2.0)], "variable exponent"),
+    ([helper.make_node("Pow", ["h", "h"], ["y"])], [], "exponent must be a constant"),
+    ([helper.make_node("Pow", ["h", "e"], ["y"])], [("e", [2.0, 3.0, 2.0, 2.0, 2.0])],
+     "must be one value"),
+    ([helper.make_node("Clip", ["h", "h", "hi"], ["y"])], [("hi", 1.0)], "must be a constant"),
+    ([helper.make_node("Gelu", ["h"], ["y"], approximate="fast")], [], "approximate"),
+], ids=["pow-variable-exponent", "pow-two-variables", "pow-array", "clip-variable", "gelu-mode"])
+def test_converter_errors(nodes, consts, message):
+    model = _model(nodes, [_const(n, v) for n, v in consts], 20)
+    with pytest.raises(UnsupportedModelError, match=message):
+        load_onnx(model)
+
+
+def _gelu_nodes(variant: str) -> tuple[list, list]:
+    """The erf-form GeLU of h in one of its exported spellings: (nodes, initializers)."""
+    c = helper.make_node
+    if variant == "torch":  # Div(sqrt 2) -> Erf -> Add(1) -> Mul(x) -> Mul(0.5)
+        return ([c("Div", ["h", "s2"], ["d"]), c("Erf", ["d"], ["e"]), c("Add", ["e", "one"], ["a"]),
+                 c("Mul", ["h", "a"], ["m"]), c("Mul", ["m", "half"], ["y"])],
+                [_const("s2", math.sqrt(2)), _const("one", 1.0), _const("half", 0.5)])
+    if variant == "swapped":  # constants first, Constant nodes, a final Div(2)
+        consts = [c("Constant", [], [name], value=_const(name, v)) for name, v in
+                  (("r2", math.sqrt(0.5)), ("one", 1.0), ("two", 2.0))]
+        return (consts + [c("Mul", ["r2", "h"], ["d"]), c("Erf", ["d"], ["e"]),
+                          c("Add", ["one", "e"], ["a"]), c("Mul", ["a", "h"], ["m"]),
+                          c("Div", ["m", "two"], ["y"])], [])
+    # half first: (0.5 * x) * (1 + erf(x / sqrt 2))
+    return ([c("Mul", ["half", "h"], ["hh"]), c("Div", ["h", "s2"], ["d"]),
+             c("Erf", ["d"], ["e"]), c("Add", ["e", "one"], ["a"]), c("Mul", ["hh", "a"], ["y"])],
+            [_const("s2", [math.sqrt(2)]), _const("one", 1.0), _const("half", 0.5)])
+
+
+@pytest.mark.parametrize("variant", ["torch", "swapped", "half-first"])
+def test_fuse_gelu_rewrites_the_erf_pattern(variant):
+    nodes, inits = _gelu_nodes(variant)
+    model = _model(nodes, inits, 13)
+    fused = fuse_gelu(model)
+    types = [n.op_type for n in fused.graph.node]
+    assert "Gelu" in types and "Erf" not in types and types.count("Mul") <= 1 + (variant == "x")
+    assert "Erf" in [n.op_type for n in model.graph.node]  # the input is not modified
+    graph = load_onnx(fused)
+    assert isinstance(graph.output_node.op, Gelu)
+    worst = compare_with_onnxruntime(graph, model, np.full(N_FEATURES, -4.0),
+                                     np.full(N_FEATURES, 4.0), samples=16)
+    assert worst < 1e-5
+
+
+def test_fuse_gelu_leaves_shared_intermediates_alone():
+    nodes, inits = _gelu_nodes("torch")
+    model = _model(nodes, inits, 13, extra_outputs=("e",))
+    assert [n.op_type for n in fuse_gelu(model).graph.node] == \
+        [n.op_type for n in model.graph.node]
+
+
+def test_onnx_gelu_opset20_is_supported_by_onnxruntime():
+    import onnxruntime as ort
+
+    model = _unary_model("Gelu", 20)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.linspace(-3, 3, N_FEATURES, dtype=np.float32)[None]
+    y = session.run(None, {"x": x})[0]
+    h = x @ (np.eye(N_FEATURES, dtype=np.float32) * 0.9 + 0.05)
+    expected = Gelu().function(torch.tensor(h, dtype=F64)).numpy()
+    assert np.allclose(y, expected, atol=1e-5)
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+E2E = {name: OPS[name] for name in (
+    "Exp", "Softplus", "Log", "Sqrt", "Reciprocal", "Pow(2)", "Pow(3)", "Pow(-2)", "Pow(0.5)",
+    "Erf", "Gelu", "GeluTanh", "Silu", "Sin", "Cos", "LeakyRelu(0.01)", "LeakyRelu(2)", "Abs",
+    "Clip(-1,1)", "Sign", "Floor")}
+POSITIVE_INPUT = ("Log", "Sqrt", "Reciprocal", "Pow(-2)", "Pow(0.5)")
+
+
+def _mlp(factory, seed: int, positive: bool) -> Graph:
+    """3 -> 8 -> act -> 8 -> act -> 2; with ``positive`` every pre-activation stays above 0.5."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [3, 8, 8, 2]
+    nodes, prev = [input_node("x", (3,))], "x"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = torch.randn(b, a, generator=gen, dtype=F64) * 0.6
+        bias = torch.randn(b, generator=gen, dtype=F64)
+        if positive and i < len(sizes) - 2:
+            w, bias = w * 0.05, bias.abs() * 0.1 + 1.5
+        nodes.append(Node(f"l{i}", Linear(w, bias), (prev,), (b,)))
+        prev = f"l{i}"
+        if i < len(sizes) - 2:
+            nodes.append(Node(f"a{i}", factory(), (prev,), (b,)))
+            prev = f"a{i}"
+    return Graph(tuple(nodes), ("x",), (prev,))
+
+
+@pytest.mark.parametrize("name", sorted(E2E))
+def test_crown_and_alpha_crown_contain_sampled_outputs(name):
+    positive = name in POSITIVE_INPUT
+    for seed in range(2):
+        graph = _mlp(E2E[name], seed, positive)
+        gen = torch.Generator().manual_seed(10 + seed)
+        centre = torch.randn(1, 3, generator=gen, dtype=F64)
+        lo, hi = centre - 0.4, centre + 0.4
+        C = torch.cat([torch.eye(2, dtype=F64), -torch.eye(2, dtype=F64)])[None]
+        x = lo + torch.rand(20000, 3, generator=gen, dtype=F64) * (hi - lo)
+        values = graph.forward_all(x)
+        y = values[graph.outputs[0]]
+        true_min = torch.cat([y, -y], 1).min(0).values
+        results = {}
+        for method in ("crown", "alpha-crown"):
+            r = compute_bounds(graph, lo, hi, C, BoundOptions(method=method, alpha_iterations=8))
+            bound = r.lower[0]
+            assert not bool(torch.isnan(bound).any()), (name, method)
+            assert bool(torch.isfinite(bound).all()), (name, method, bound)
+            assert bool((bound <= true_min + 1e-9).all()), (name, method, bound, true_min)
+            for key, (blo, bhi) in r.bounds.items():
+                v = values[key]
+                assert bool(((v >= blo - 1e-9) & (v <= bhi + 1e-9)).all()), (name, method, key)
+            results[method] = bound
+        assert bool((results["alpha-crown"] >= results["crown"] - 1e-9).all()), name

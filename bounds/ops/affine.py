@@ -46,8 +46,9 @@ class Linear(Op):
 class ConstMatMulLeft(Op):
     """``y = W @ x`` with a constant left operand (batched matrix product on the last two axes)."""
 
-    def __init__(self, weight: Tensor):
+    def __init__(self, weight: Tensor, in_shape: Sequence[int] | None = None):
         self.weight = weight  # [..., M, K]
+        self.in_shape = None if in_shape is None else tuple(in_shape)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.weight @ x
@@ -59,7 +60,11 @@ class ConstMatMulLeft(Op):
 
     def backward(self, A, in_bounds, params=None):
         A_in = self.weight.transpose(-1, -2) @ A
-        return [A_in], A.new_zeros(A.shape[:2])
+        in_shape = self.in_shape
+        if in_shape is None:
+            in_shape = in_bounds[0][0].shape[1:] if in_bounds and in_bounds[0] is not None \
+                else A_in.shape[2:]
+        return [unbroadcast(A_in, in_shape)], A.new_zeros(A.shape[:2])
 
 
 class ElementwiseAffine(Op):
@@ -102,13 +107,20 @@ class AddVar(Op):
         self.sign = sign
         self.shapes = [tuple(s) for s in shapes]
 
+    def _align(self, t: Tensor, index: int) -> Tensor:
+        """Insert unit axes after the batch axis so per-sample shapes broadcast as in ONNX."""
+        rank = max(len(s) for s in self.shapes)
+        missing = rank - len(self.shapes[index])
+        return t.reshape(t.shape[0], *((1,) * missing), *t.shape[1:]) if missing else t
+
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
-        return x1 + self.sign * x2
+        return self._align(x1, 0) + self.sign * self._align(x2, 1)
 
     def interval(self, b1: Bounds, b2: Bounds) -> Bounds:
+        (l1, u1), (l2, u2) = [tuple(self._align(t, i) for t in b) for i, b in enumerate((b1, b2))]
         if self.sign > 0:
-            return b1[0] + b2[0], b1[1] + b2[1]
-        return b1[0] - b2[1], b1[1] - b2[0]
+            return l1 + l2, u1 + u2
+        return l1 - u2, u1 - l2
 
     def backward(self, A, in_bounds, params=None):
         return ([unbroadcast(A, self.shapes[0]), unbroadcast(self.sign * A, self.shapes[1])],

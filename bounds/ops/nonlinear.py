@@ -57,6 +57,24 @@ def round_up(v: Tensor, dtype: torch.dtype) -> Tensor:
     return -round_down(-v, dtype)
 
 
+class _FiniteGrad(torch.autograd.Function):
+    """Identity whose backward zeroes non-finite gradients (from a sanitised line, or an
+    unselected branch of ``torch.where`` evaluated at a singularity)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.where(torch.isfinite(grad), grad, 0.0)
+
+
+def finite_grad(x: Tensor) -> Tensor:
+    """``x``, through which no NaN or infinite gradient flows back (the inputs of a relaxation)."""
+    return _FiniteGrad.apply(x) if x.requires_grad else x
+
+
 def slope_cap(dtype: torch.dtype) -> float:
     """Largest slope a relaxation may carry: products in later layers must not overflow."""
     return torch.finfo(dtype).max ** 0.25
@@ -109,22 +127,27 @@ def tangent_span(f, df, l: Tensor, u: Tensor, fl: Tensor, fu: Tensor, a, b, sign
     """
     l, u, fl, fu, a, b, sign = torch.broadcast_tensors(
         l, u, fl, fu, *(torch.as_tensor(v, dtype=l.dtype) for v in (a, b, sign)))
-    lc, uc = torch.maximum(l, a), torch.minimum(u, b)
-    some = lc <= uc
+    lc, uc = torch.maximum(l, a), torch.minimum(u, b)  # the ends carry gradients of l, u
+    with torch.no_grad():
+        some = lc <= uc
+        need0, need1 = some & (l < a), some & (u > b)
     lc, uc = torch.where(some, lc, l), torch.where(some, uc, l)
-    t0, t1 = lc.clone(), uc.clone()
-    need0, need1 = some & (l < a), some & (u > b)
+    t0, t1 = lc, uc
     if bool(need0.any() or need1.any()):  # every search in one bisection
-        i0, i1 = need0.nonzero(as_tuple=True), need1.nonzero(as_tuple=True)
-        n0 = i0[0].numel()
-        x, fx = torch.cat([l[i0], u[i1]]), torch.cat([fl[i0], fu[i1]])
-        sg = torch.cat([sign[i0], sign[i1]])
-        found = _bisect(lambda d: tangent_below(f, df, d, x, fx, sg),
-                        torch.cat([uc[i0], lc[i1]]), torch.cat([lc[i0], uc[i1]]))
-        t0[i0], t1[i1] = found[:n0], found[n0:]
-    ok = some & (t0 <= t1)
-    ok = ok & (~need0 | tangent_below(f, df, t0, l, fl, sign))
-    ok = ok & (~need1 | tangent_below(f, df, t1, u, fu, sign))
+        with torch.no_grad():
+            i0, i1 = need0.nonzero(as_tuple=True), need1.nonzero(as_tuple=True)
+            n0 = i0[0].numel()
+            x, fx = torch.cat([l[i0], u[i1]]), torch.cat([fl[i0], fu[i1]])
+            sg = torch.cat([sign[i0], sign[i1]])
+            found = _bisect(lambda d: tangent_below(f, df, d, x, fx, sg),
+                            torch.cat([uc[i0], lc[i1]]), torch.cat([lc[i0], uc[i1]]))
+            f0, f1 = lc.detach().clone(), uc.detach().clone()
+            f0[i0], f1[i1] = found[:n0], found[n0:]
+        t0, t1 = torch.where(need0, f0, lc), torch.where(need1, f1, uc)
+    with torch.no_grad():
+        ok = some & (t0 <= t1)
+        ok = ok & (~need0 | tangent_below(f, df, t0, l, fl, sign))
+        ok = ok & (~need1 | tangent_below(f, df, t1, u, fu, sign))
     return t0, t1, ok
 
 
@@ -166,8 +189,8 @@ def safe_tangent(f, df, d: Tensor, cap: float, edge: float = -INF) -> tuple[Tens
 def place(t0: Tensor, t1: Tensor, l: Tensor, u: Tensor, frac: Tensor | None
           ) -> tuple[Tensor, Tensor]:
     """(d, default fraction): d in [t0, t1] from ``frac``, or nearest the midpoint."""
+    best = torch.minimum(torch.maximum((l + u) / 2, t0), t1)
     with torch.no_grad():
-        best = torch.minimum(torch.maximum((l + u) / 2, t0), t1)
         width = t1 - t0
         default = torch.where(width > 0, (best - t0) / torch.where(width > 0, width, 1.0), 0.5)
     if frac is None:
@@ -180,8 +203,7 @@ def span_line(f, df, l, u, fl, fu, span, frac, cap, edge=-INF):
     """(slope, bias, default fraction): the tangent placed in ``span``, or the chord where
     the span is empty (a lower line for a lower span, an upper line for an upper one)."""
     t0, t1, ok = span
-    with torch.no_grad():
-        cs, cb = chord(df, l, u, fl, fu)
+    cs, cb = chord(df, l, u, fl, fu)
     d, default = place(t0, t1, l, u, frac)
     ts, tb = safe_tangent(f, df, d, cap, edge)
     return torch.where(ok, ts, cs), torch.where(ok, tb, cb), default
@@ -212,6 +234,7 @@ class Relaxed(Elementwise):
         return (u < self.domain[0]) | (l > self.domain[1])
 
     def _prepare(self, lo: Tensor, hi: Tensor):
+        lo, hi = finite_grad(lo), finite_grad(hi)
         lo, hi = torch.broadcast_tensors(lo, torch.maximum(hi, lo))
         l, u = lo.double(), hi.double()
         empty = self._undefined(l, u)
@@ -221,8 +244,7 @@ class Relaxed(Elementwise):
 
     def _bounds(self, l: Tensor, u: Tensor, empty: Tensor) -> tuple[Tensor, Tensor]:
         """``_range`` with NaN-free, vacuous results where [l, u] has no in-domain part."""
-        with torch.no_grad():
-            low, high = self._range(l, u)
+        low, high = self._range(l, u)
         low = torch.where(empty | torch.isnan(low), -INF, low)
         return low, torch.where(empty | torch.isnan(high), INF, high)
 
@@ -234,7 +256,8 @@ class Relaxed(Elementwise):
     def relax(self, lo, hi, alpha=None):
         dtype = lo.dtype
         l, u, empty = self._prepare(lo, hi)
-        frac = None if alpha is None else {k: v.to(F64).clamp(0, 1) for k, v in alpha.items()}
+        frac = None if alpha is None else \
+            {k: finite_grad(v).to(F64).clamp(0, 1) for k, v in alpha.items()}
         lw, lb, uw, ub, _ = self._lines(l, u, frac, slope_cap(dtype))
         low, high = self._bounds(l, u, empty)
         lw = torch.where(empty, torch.nan, lw)  # replaced by the vacuous constants
@@ -282,9 +305,8 @@ class Smooth(Relaxed):
         f, df = self.function, self.derivative
         fl, fu = f(l), f(u)
         get = (lambda k: None) if frac is None else frac.get
-        with torch.no_grad():
-            low, up = tangent_spans(f, df, l, u, fl, fu, [
-                self.convex and (*self.convex, 1.0), self._upper_problem(l, u, fl, fu)])
+        low, up = tangent_spans(f, df, l, u, fl, fu, [
+            self.convex and (*self.convex, 1.0), self._upper_problem(l, u, fl, fu)])
         edge = self.domain[0]
         lw, lb, d_low = span_line(f, df, l, u, fl, fu, low, get("lower"), cap, edge)
         uw, ub, d_up = span_line(f, df, l, u, fl, fu, up, get("upper"), cap, edge)
@@ -517,8 +539,9 @@ class XSigmoid(Smooth):
     def _upper_problem(self, l, u, fl, fu):
         """The right concave tail where its steepest tangent (at u) is above f(l), else the left."""
         c = self.inflection
-        right = (l >= -c) | ((u > c) & tangent_below(self.function, self.derivative, u, l, fl,
-                                                    -1.0))
+        with torch.no_grad():
+            right = (l >= -c) | ((u > c) & tangent_below(self.function, self.derivative, u, l,
+                                                        fl, -1.0))
         return torch.where(right, c, -INF), torch.where(right, INF, -c), -1.0
 
 

@@ -84,11 +84,11 @@ def _trig_line(q: int, l, u, gl, gu, span, frac, cap, wide, upper: bool):
 
     ok = span[2]
     sign = -1.0 if upper else 1.0
+    cs, cb = chord(dg, l, u, gl, gu)
     with torch.no_grad():
-        cs, cb = chord(dg, l, u, gl, gu)
         chord_ok = ~wide & ~ok & _chord_valid(q + (2 if upper else 0), l, u, sign * cs,
                                               sign * cb)
-        const = trig_range(q, l, u)[1 if upper else 0]
+    const = trig_range(q, l, u)[1 if upper else 0]
     d, default = place(span[0], span[1], l, u, frac)
     ts, tb = safe_tangent(g, dg, d, cap)
     slope = torch.where(ok, ts, torch.where(chord_ok, cs, 0.0))
@@ -116,9 +116,9 @@ class Sin(Relaxed):
         get = (lambda k: None) if frac is None else frac.get
         with torch.no_grad():
             wide = (u - l) >= TWO_PI - 1e-6
-            spans = tangent_spans(self.function, self.derivative, l, u, gl, gu, [
-                (*_trig_region(q, l, u, gl, gu, wide), 1.0),
-                (*_trig_region(q + 2, l, u, -gl, -gu, wide), -1.0)])
+            regions = [(*_trig_region(q, l, u, gl, gu, wide), 1.0),
+                       (*_trig_region(q + 2, l, u, -gl, -gu, wide), -1.0)]
+        spans = tangent_spans(self.function, self.derivative, l, u, gl, gu, regions)
         lw, lb, d_low = _trig_line(q, l, u, gl, gu, spans[0], get("lower"), cap, wide, False)
         uw, ub, d_up = _trig_line(q, l, u, gl, gu, spans[1], get("upper"), cap, wide, True)
         return lw, lb, uw, ub, {"lower": d_low, "upper": d_up}

@@ -1,0 +1,441 @@
+"""Branch and bound on nonlinear neurons (genbab/bab): bookkeeping, heuristics, end to end.
+
+(1) ``split``: the two children of a domain cover it exactly ([lo, p] and
+    [p, hi] on the chosen neuron, everything else copied), split masks on the
+    right child and neuron only, depth + 1, left children first, several
+    domains splitting different nodes in one batch, the parent left untouched.
+(2) Children are never looser than their parent after the driver's ``_bound``
+    (it keeps the max); the raw child bound of ``bound_under_splits`` is
+    reported (printed with ``-s``), not asserted.
+(3) BBPS against brute force on tiny MLPs: every neuron is actually split and
+    both children bounded (iterations 0).  On two-hidden-layer nets the BBPS
+    estimate is exact for first-layer neurons (their shortcut is exact) and
+    never above the true improvement for second-layer neurons; the neuron BBPS
+    picks is in the brute-force top 2 on most seeds.  BaBSR is reported.
+(4) End to end: ``genbab.verify`` proves with BaB an instance of the shipped
+    Tanh network that alpha-CROWN alone cannot, with both heuristics and both
+    branching-point methods.
+Soundness (sampling, witnesses, known-sat instances) is in test_bab_soundness.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bounds.graph import Graph, Node, input_node
+from bounds.methods import BoundOptions, compute_bounds
+from bounds.ops.activation import Relu, Sigmoid, Tanh
+from bounds.ops.affine import Linear
+from bounds.split_bounds import bound_under_splits
+from genbab.bab import branching
+from genbab.bab.branching import choose, root_shortcuts, splittable_nodes
+from genbab.bab.branching_points import BranchingPoints
+from genbab.bab.domains import Decision, Domains, split
+from genbab.bab.driver import Property, _bound, _root_domain
+from genbab.config import AttackConfig, BabConfig, Config
+
+F64 = torch.float64
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "vnnlib_specs" / "examples"
+ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": Relu}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def mlp(sizes, act, seed: int) -> Graph:
+    """x -> Linear -> act -> ... -> Linear, float64 weights drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    nodes, prev = [input_node("x", (sizes[0],))], "x"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = torch.randn(b, a, dtype=F64, generator=gen) * 1.5
+        nodes.append(Node(f"l{i}", Linear(w, torch.randn(b, dtype=F64, generator=gen)),
+                          (prev,), (b,)))
+        prev = f"l{i}"
+        if i < len(sizes) - 2:
+            nodes.append(Node(f"a{i}", act(), (prev,), (b,)))
+            prev = f"a{i}"
+    return Graph(tuple(nodes), ("x",), (prev,))
+
+
+def box(n: int, seed: int, radius: float = 0.5):
+    centre = torch.randn(1, n, dtype=F64, generator=torch.Generator().manual_seed(seed + 999))
+    return centre - radius, centre + radius
+
+
+def single_row(n_out: int = 1) -> tuple[torch.Tensor, Property]:
+    C = torch.ones(1, 1, n_out, dtype=F64)
+    return C, Property(C, torch.zeros(1, 1, dtype=F64), torch.zeros(1, 1, dtype=torch.long), 1)
+
+
+# --- (1) split bookkeeping ---------------------------------------------------------------------
+
+def toy_domains(n: int = 3, S: int = 2) -> Domains:
+    """Domains over two splittable nodes: 'a' of shape (4,) and 'b' of shape (2, 3)."""
+    gen = torch.Generator().manual_seed(0)
+    bounds, s_lo, s_hi = {}, {}, {}
+    for name, shape in (("a", (4,)), ("b", (2, 3))):
+        lo = -1 - torch.rand(n, *shape, dtype=F64, generator=gen)
+        hi = 1 + torch.rand(n, *shape, dtype=F64, generator=gen)
+        bounds[name] = (lo, hi)
+        s_lo[name] = torch.rand(n, *shape, generator=gen) < 0.3  # splits made earlier
+        s_hi[name] = torch.rand(n, *shape, generator=gen) < 0.3
+    params = {"out": {"a": torch.rand(n, S, 4, dtype=F64, generator=gen)}}
+    return Domains(bounds, s_lo, s_hi, params, torch.randn(n, S, dtype=F64, generator=gen),
+                   {"act_a": torch.randn(n, S, 4, dtype=F64, generator=gen)},
+                   (torch.randn(n, S, 5, dtype=F64, generator=gen),
+                    torch.randn(n, S, dtype=F64, generator=gen)),
+                   torch.tensor([0, 3, 1]))
+
+
+def snapshot(d: Domains) -> dict[str, torch.Tensor]:
+    out = {"lower": d.lower, "depth": d.depth, "A_x": d.linear[0], "bias": d.linear[1]}
+    for k, (lo, hi) in d.bounds.items():
+        out.update({f"{k}.lo": lo, f"{k}.hi": hi, f"{k}.slo": d.split_lo[k],
+                    f"{k}.shi": d.split_hi[k]})
+    out.update({f"p.{k}.{n}": t for k, v in d.params.items() for n, t in v.items()})
+    out.update({f"c.{k}": v for k, v in d.coefficients.items()})
+    return {k: v.clone() for k, v in out.items()}
+
+
+NAMES = ["a", "b"]
+# domain 0 splits a[1], domain 1 splits b[1, 1] (flat 4), domain 2 splits a[3]
+DECISION = Decision(torch.tensor([0, 1, 0]), torch.tensor([1, 4, 3]),
+                    torch.tensor([0.25, -0.5, 0.0], dtype=F64), torch.tensor([True, True, True]))
+
+
+def test_split_children_cover_the_parent_exactly():
+    parent = toy_domains()
+    children = split(parent, DECISION, NAMES)
+    n = len(parent)
+    assert len(children) == 2 * n
+    for i in range(n):
+        node, neuron = NAMES[int(DECISION.node[i])], int(DECISION.neuron[i])
+        p = DECISION.point[i]
+        left, right = i, i + n  # left children first, in parent order
+        for name in NAMES:
+            plo, phi = (t[i].reshape(-1) for t in parent.bounds[name])
+            llo, lhi = (t[left].reshape(-1) for t in children.bounds[name])
+            rlo, rhi = (t[right].reshape(-1) for t in children.bounds[name])
+            # the union of the children is the parent on every neuron
+            assert torch.equal(llo, plo) and torch.equal(rhi, phi)
+            chosen = torch.zeros_like(plo, dtype=torch.bool)
+            if name == node:
+                chosen[neuron] = True
+            assert torch.equal(lhi[~chosen], phi[~chosen])
+            assert torch.equal(rlo[~chosen], plo[~chosen])
+            if name == node:
+                assert lhi[neuron] == p and rlo[neuron] == p
+                assert plo[neuron] < p < phi[neuron]
+
+
+def test_split_masks_set_on_the_right_child_and_neuron_only():
+    parent = toy_domains()
+    children = split(parent, DECISION, NAMES)
+    n = len(parent)
+    for i in range(n):
+        node, neuron = NAMES[int(DECISION.node[i])], int(DECISION.neuron[i])
+        for name in NAMES:
+            slo, shi = parent.split_lo[name][i].reshape(-1), parent.split_hi[name][i].reshape(-1)
+            expect_left_hi, expect_right_lo = shi.clone(), slo.clone()
+            if name == node:
+                expect_left_hi[neuron] = True  # left child: upper bound from the split
+                expect_right_lo[neuron] = True  # right child: lower bound from the split
+            assert torch.equal(children.split_hi[name][i].reshape(-1), expect_left_hi)
+            assert torch.equal(children.split_lo[name][i].reshape(-1), slo)
+            assert torch.equal(children.split_lo[name][i + n].reshape(-1), expect_right_lo)
+            assert torch.equal(children.split_hi[name][i + n].reshape(-1), shi)
+            assert children.split_lo[name].shape[1:] == parent.split_lo[name].shape[1:]
+            assert children.bounds[name][0].shape[1:] == parent.bounds[name][0].shape[1:]
+
+
+def test_split_copies_everything_else_and_adds_one_to_depth():
+    parent = toy_domains()
+    before = snapshot(parent)
+    children = split(parent, DECISION, NAMES)
+    order = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert torch.equal(children.depth, parent.depth[order] + 1)
+    assert torch.equal(children.lower, parent.lower[order])
+    assert torch.equal(children.params["out"]["a"], parent.params["out"]["a"][order])
+    assert torch.equal(children.coefficients["act_a"], parent.coefficients["act_a"][order])
+    assert torch.equal(children.linear[0], parent.linear[0][order])
+    assert torch.equal(children.linear[1], parent.linear[1][order])
+    # the parent is not modified, and children do not alias it
+    after = snapshot(parent)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    children.bounds["a"][0].add_(1.0)
+    assert torch.equal(parent.bounds["a"][0], before["a.lo"])
+
+
+def test_split_without_a_valid_neuron_changes_no_bound():
+    parent = toy_domains()
+    decision = Decision(DECISION.node, DECISION.neuron, DECISION.point,
+                        torch.tensor([True, False, True]))
+    children = split(parent, decision, NAMES)
+    for side in (1, 4):  # both children of domain 1
+        for name in NAMES:
+            assert torch.equal(children.bounds[name][0][side], parent.bounds[name][0][1])
+            assert torch.equal(children.bounds[name][1][side], parent.bounds[name][1][1])
+            assert torch.equal(children.split_lo[name][side], parent.split_lo[name][1])
+            assert torch.equal(children.split_hi[name][side], parent.split_hi[name][1])
+
+
+def test_repeated_splits_nest_and_select_cat_agree():
+    parent = toy_domains()
+    children = split(parent, DECISION, NAMES)
+    again = Decision(torch.ones(6, dtype=torch.long), torch.full((6,), 2),
+                     torch.full((6,), 0.5, dtype=F64), torch.ones(6, dtype=torch.bool))
+    grand = split(children, again, NAMES)
+    assert torch.equal(grand.depth, children.depth.repeat(2) + 1)
+    for name in NAMES:
+        for j in range(12):
+            c = j % 6
+            assert bool((grand.bounds[name][0][j] >= children.bounds[name][0][c]).all())
+            assert bool((grand.bounds[name][1][j] <= children.bounds[name][1][c]).all())
+    index = torch.tensor([4, 0, 7])
+    joined = Domains.cat([grand.select(index[:1]), grand.select(index[1:])])
+    picked = grand.select(index)
+    a, b = snapshot(joined), snapshot(picked)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- (2) children never looser ------------------------------------------------------------------
+
+def root_domain(graph, lo, hi, C, prop, method="alpha-crown"):
+    root = compute_bounds(graph, lo, hi, C, BoundOptions(method=method, alpha_iterations=20))
+    nodes = splittable_nodes(graph)
+    names = [s.name for s in nodes]
+    domain = _bound(graph, (lo, hi), prop, _root_domain(root.bounds, root.params, names, prop),
+                    BabConfig(), iterations=0)
+    return root, nodes, names, domain
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_children_never_looser_than_parent(act):
+    config = BabConfig()
+    points = BranchingPoints()
+    raw_better, raw_total = 0, 0
+    for seed in range(4):
+        graph = mlp([3, 6, 6, 2], ACTIVATIONS[act], seed)
+        lo, hi = box(3, seed)
+        C = torch.tensor([[[1.0, -1.0]]], dtype=F64)
+        prop = Property(C, torch.full((1, 1), 10.0, dtype=F64),
+                        torch.zeros(1, 1, dtype=torch.long), 1)
+        root, nodes, names, domains = root_domain(graph, lo, hi, C, prop)
+        shortcuts = root_shortcuts(graph, root.bounds, nodes)
+        for _ in range(3):  # three rounds, every domain split each round
+            decision = choose(domains, prop.target_rows(domains.lower), nodes, points, shortcuts,
+                              (lo, hi), config.heuristic, config.bbps_candidates,
+                              config.min_width)
+            assert bool(decision.valid.all())
+            children = split(domains, decision, names)
+            parent_lower = domains.lower.repeat(2, 1)
+            for name in names:  # children's intervals lie inside their parent's
+                assert bool((children.bounds[name][0] >= domains.bounds[name][0].repeat(2, 1))
+                            .all())
+                assert bool((children.bounds[name][1] <= domains.bounds[name][1].repeat(2, 1))
+                            .all())
+            n = len(children)
+            raw = bound_under_splits(
+                graph, {"x": (lo.expand(n, -1), hi.expand(n, -1)), **children.bounds},
+                C.expand(n, -1, -1), {k: (children.split_lo[k], children.split_hi[k])
+                                      for k in names},
+                children.params, config.iterations, config.lr)
+            raw_better += int((raw.lower >= parent_lower - 1e-9).sum())
+            raw_total += raw.lower.numel()
+            bounded = _bound(graph, (lo, hi), prop, children, config, config.iterations)
+            assert bool((bounded.lower >= parent_lower).all())
+            assert bool((bounded.lower >= raw.lower - 1e-6).all())
+            domains = bounded
+    print(f"\n{act}: raw child bound >= parent's in {raw_better}/{raw_total} children "
+          f"(iterations {config.iterations}, warm-started alpha)")
+
+
+# --- (3) BBPS against brute force ---------------------------------------------------------------
+
+def brute_force(graph, lo, hi, C, domains, nodes, names, points):
+    """Per candidate (node index, neuron): min over both children of (raw bound - parent)."""
+    candidates = []
+    for k, s in enumerate(nodes):
+        low, high = domains.bounds[s.name]
+        for j in range(low.shape[1]):
+            wide = float(high[0, j] - low[0, j]) > BabConfig().min_width
+            crossing = not isinstance(s.op, Relu) or float(low[0, j]) < 0 < float(high[0, j])
+            if wide and crossing:
+                candidates.append((k, j))
+    n = len(candidates)
+    point = torch.stack([points.point(nodes[k].op_name, domains.bounds[names[k]][0][0, j],
+                                      domains.bounds[names[k]][1][0, j], op=nodes[k].op)
+                         for k, j in candidates])
+    decision = Decision(torch.tensor([k for k, _ in candidates]),
+                        torch.tensor([j for _, j in candidates]), point.reshape(-1),
+                        torch.ones(n, dtype=torch.bool))
+    children = split(domains.select(torch.zeros(n, dtype=torch.long)), decision, names)
+    res = bound_under_splits(graph, {"x": (lo.expand(2 * n, -1), hi.expand(2 * n, -1)),
+                                     **children.bounds},
+                             C.expand(2 * n, -1, -1),
+                             {k: (children.split_lo[k], children.split_hi[k]) for k in names},
+                             {}, 0, 0.1)
+    gain = torch.minimum(res.lower[:n, 0], res.lower[n:, 0]) - domains.lower[0, 0]
+    return candidates, gain
+
+
+def crown_root(graph, lo, hi):
+    C, prop = single_row()
+    root, nodes, names, domains = root_domain(graph, lo, hi, C, prop, method="crown")
+    return C, root, nodes, names, domains
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_bbps_estimate_matches_brute_force_on_two_layer_nets(act, monkeypatch):
+    """Exact for first-layer neurons, a lower estimate for second-layer ones."""
+    scores = {}
+    real = branching._bbps
+
+    def spy(*args):
+        scores["final"] = real(*args)
+        return scores["final"]
+
+    monkeypatch.setattr(branching, "_bbps", spy)
+    points = BranchingPoints()
+    checked = 0
+    for seed in range(10):
+        graph = mlp([2, 6, 6, 1], ACTIVATIONS[act], seed)
+        lo, hi = box(2, seed)
+        C, root, nodes, names, domains = crown_root(graph, lo, hi)
+        decision = choose(domains, torch.zeros(1, dtype=torch.long), nodes, points,
+                          root_shortcuts(graph, root.bounds, nodes), (lo, hi), "bbps", 64, 1e-5)
+        if not bool(decision.valid.all()):
+            continue  # every ReLU stable: nothing to split
+        candidates, gain = brute_force(graph, lo, hi, C, domains, nodes, names, points)
+        offsets = np.cumsum([0] + [domains.bounds[n][0].shape[1] for n in names])
+        estimate = torch.stack([scores["final"][0, offsets[k] + j] for k, j in candidates])
+        first = torch.tensor([k == 0 for k, _ in candidates])
+        assert torch.allclose(estimate[first], gain[first], rtol=0, atol=1e-9)
+        assert bool((estimate[~first] <= gain[~first] + 1e-9).all())
+        checked += 1
+    assert checked >= 8
+
+
+def pick_quality(act, sizes, seeds, heuristic, point_method):
+    """Per seed: (rank of the pick among brute-force gains, its gain, the best gain)."""
+    points = BranchingPoints(method=point_method)
+    out = []
+    for seed in seeds:
+        graph = mlp(sizes, ACTIVATIONS[act], seed)
+        lo, hi = box(sizes[0], seed)
+        C, root, nodes, names, domains = crown_root(graph, lo, hi)
+        shortcuts = root_shortcuts(graph, root.bounds, nodes) if heuristic == "bbps" else None
+        decision = choose(domains, torch.zeros(1, dtype=torch.long), nodes, points, shortcuts,
+                          (lo, hi), heuristic, 64, 1e-5)
+        if not bool(decision.valid.all()):
+            continue
+        candidates, gain = brute_force(graph, lo, hi, C, domains, nodes, names, points)
+        index = candidates.index((int(decision.node), int(decision.neuron)))
+        rank = int((gain > gain[index] + 1e-9).sum())
+        out.append((rank, float(gain[index]), float(gain.max())))
+    return out
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_bbps_picks_a_top_neuron_by_brute_force(act):
+    seeds = range(12)
+    bbps = pick_quality(act, [2, 6, 6, 1], seeds, "bbps", "lookup")
+    babsr = pick_quality(act, [2, 6, 6, 1], seeds, "babsr", "lookup")
+    top2 = sum(rank <= 1 for rank, _, _ in bbps) / len(bbps)
+    top2_sr = sum(rank <= 1 for rank, _, _ in babsr) / len(babsr)
+    share = sum(g for _, g, _ in bbps) / sum(b for _, _, b in bbps)
+    share_sr = sum(g for _, g, _ in babsr) / sum(b for _, _, b in babsr)
+    print(f"\n{act}: BBPS top-1 {sum(r == 0 for r, _, _ in bbps)}/{len(bbps)}, top-2 {top2:.2f},"
+          f" gain share {share:.2f}; BaBSR top-2 {top2_sr:.2f}, gain share {share_sr:.2f}")
+    assert len(bbps) >= 10
+    assert top2 >= 0.8
+    assert share >= 0.5
+    assert sum(g for _, g, _ in bbps) >= sum(g for _, g, _ in babsr) - 1e-9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point_method", ["midpoint", "lookup"])
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_bbps_picks_a_top_neuron_on_deeper_nets(act, point_method):
+    bbps = pick_quality(act, [3, 5, 5, 5, 1], range(20), "bbps", point_method)
+    top3 = sum(rank <= 2 for rank, _, _ in bbps) / len(bbps)
+    share = sum(g for _, g, _ in bbps) / sum(b for _, _, b in bbps)
+    print(f"\n{act}/{point_method}: BBPS top-3 {top3:.2f}, gain share {share:.2f}")
+    assert top3 >= 0.75
+    assert share >= 0.5
+
+
+# --- (4) end to end ----------------------------------------------------------------------------
+
+def load_module(relative: str, name: str):
+    """Import a repository file that is not inside a package."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TANH_NET = EXAMPLES / "onnx" / "digits_tanh_2x32.onnx"
+
+
+@pytest.fixture(scope="module")
+def hard_spec(tmp_path_factory):
+    """digits_tanh_2x32, saved image 1, eps 0.06: alpha-CROWN margin about -1.4."""
+    from genbab.spec.vnnlib1 import parse_vnnlib1
+
+    robustness = load_module("vnnlib_specs/robustness.py", "robustness_for_test_bab")
+    data = np.load(EXAMPLES / "digits_test.npz")
+    path = robustness.write_robustness_spec(
+        tmp_path_factory.mktemp("bab") / "tanh_idx1_eps0.06.vnnlib", data["images"][1],
+        int(data["labels"][1]), 0.06, 10)
+    return parse_vnnlib1(path)
+
+
+def test_alpha_crown_alone_cannot_prove_the_hard_instance(hard_spec):
+    from genbab.verify import verify
+
+    config = Config(timeout=60, bab=BabConfig(enabled=False),
+                    attack=AttackConfig(extend_until_timeout=False))
+    result = verify(TANH_NET, hard_spec, config)
+    assert result.verdict != "unsat"
+    assert result.verdict != "sat"
+    assert min(result.margins[0]) < -0.5
+
+
+def test_bab_proves_the_hard_instance_with_the_default_config(hard_spec):
+    from genbab.verify import verify
+
+    result = verify(TANH_NET, hard_spec, Config(timeout=120))
+    assert result.verdict == "unsat"
+    assert result.method == "bab"
+    stats = result.stats["bab"]
+    assert stats["rounds"] >= 1 and stats["open_domains"] == 0
+    assert min(result.margins[0]) < 0  # the root bound alone did not prove it
+
+
+@pytest.mark.parametrize("heuristic, point_method", [
+    ("babsr", "midpoint"),
+    pytest.param("bbps", "midpoint", marks=pytest.mark.slow),
+    pytest.param("babsr", "lookup", marks=pytest.mark.slow),
+])
+def test_bab_proves_the_hard_instance_with_each_heuristic_and_point(hard_spec, heuristic,
+                                                                    point_method):
+    from genbab.verify import verify
+
+    config = Config(timeout=120, attack=AttackConfig(enabled=False),
+                    bab=BabConfig(heuristic=heuristic, branching_point=point_method))
+    result = verify(TANH_NET, hard_spec, config)
+    assert result.verdict == "unsat"
+    assert result.method == "bab"
