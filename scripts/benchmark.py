@@ -137,7 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard kill at timeout * kill_factor + kill_margin seconds")
     p.add_argument("--kill-margin", type=float, default=30.0)
     p.add_argument("--markdown", action="store_true", help="print the table in markdown")
+    p.add_argument("--only-listed", type=Path, default=None,
+                   help="CSV with columns bench,onnx,vnnlib (e.g. the reference results): run "
+                        "only the instances it lists")
     return p
+
+
+def listed_instances(path: Path) -> set[tuple[str, str, str]]:
+    """(benchmark, onnx, vnnlib) triples listed in a CSV with those columns."""
+    with open(path, newline="") as fh:
+        return {(row["bench"], row["onnx"], row["vnnlib"]) for row in csv.DictReader(fh)}
 
 
 def load_ground_truth(bench_dir: Path) -> dict[tuple[str, str], str]:
@@ -410,8 +419,12 @@ def collect_instances(args: argparse.Namespace) -> list[Instance]:
     for bench_dir in args.bench_dirs:
         if not bench_dir.is_dir():
             raise UsageError(f"{bench_dir} is not a directory")
-        selected += select_instances(load_instances(bench_dir), consensus, args.filter,
-                                     args.limit)
+        instances = load_instances(bench_dir)
+        if args.only_listed is not None:
+            listed = listed_instances(args.only_listed)
+            instances = [i for i in instances
+                         if (bench_dir.name, i.onnx, i.vnnlib) in listed]
+        selected += select_instances(instances, consensus, args.filter, args.limit)
     if not selected:
         raise UsageError("no instances selected")
     return selected
