@@ -1,11 +1,15 @@
 """ONNX converters for structure and plumbing ops: re-indexing, reductions, pooling, selection.
 
-Re-indexing ops (Slice, Split, Gather, Expand, Tile, Pad, Upsample/Resize nearest,
-Transpose, DepthToSpace...) are converted by evaluating the ONNX node itself with
-onnx's reference evaluator on a tensor of position codes: the output says which
-input position every output entry copies, so the op's exact semantics (negative
-indices, steps, clamping, opset differences) come from ONNX, and the result is
-one ``IndexMap``.
+Re-indexing ops (Slice, Split, Gather, GatherElements, GatherND, Expand, Tile, Pad,
+Upsample/Resize in nearest mode, DepthToSpace, SpaceToDepth) are converted by
+evaluating the ONNX node itself with onnx's reference evaluator on a tensor of
+position codes: the output says which input position every output entry
+copies, so the op's exact semantics (negative indices, steps, clamping, opset
+differences) come from ONNX, and the result is one ``IndexMap``.  Also here:
+ReduceSum/ReduceMean, Concat, Where (constant condition), Cast (to floats),
+ConvTranspose, Average/Max pooling (also global), Transpose, and the Shape and
+Size of variables; ``CONVERTERS`` includes the sub-graph converters of
+``bounds.onnx_ops_subgraph`` (LayerNormalization, LSTM, GRU, RNN).
 
 Batch axis: the model is read as a batch-1 function applied to each sample.  A
 node whose result still has a leading axis of size 1 is per sample (operations
@@ -15,8 +19,9 @@ axis inward (``[1, N] -> [N, 1]``, as in the ml4acopf models, around a MatMul
 with a constant left operand) gives a *lifted* tensor whose per-sample shape is
 its full ONNX shape; a later Transpose recognises a lifted input by the length
 of ``perm`` and drops the leading 1 again.  Only ops that do not depend on the
-rank (MatMul/Gemm and elementwise ops with constants, Transpose) should see a
-lifted tensor; the onnxruntime comparison at load time catches anything else.
+rank (MatMul/Gemm and elementwise ops with constants, Transpose, LSTM/GRU/RNN
+inputs) should see a lifted tensor; the onnxruntime comparison at load time
+catches anything else.
 """
 from __future__ import annotations
 

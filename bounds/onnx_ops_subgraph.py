@@ -156,7 +156,6 @@ def _const_operand(ctx, node, position: int, rank: int) -> np.ndarray | None:
 class _Recurrent:
     """Unrolls one LSTM / GRU / RNN node (``kind``) into gate-level ops."""
 
-
     def __init__(self, ctx: ImportContext, node: onnx.NodeProto):
         self.ctx, self.node, self.kind = ctx, node, node.op_type
         self.a = attrs(node)
@@ -175,7 +174,7 @@ class _Recurrent:
         self.acts = acts or list(_DEFAULT_ACTS[self.kind]) * self.dirs
         if len(self.acts) != n_act * self.dirs or any(k not in _ACTIVATIONS for k in self.acts):
             raise ConversionError(f"activations {self.acts} (supported: Sigmoid, Tanh, Relu)")
-        self.builder = _Builder(ctx, node.output[0] or node.output[1] or node.name)
+        self.builder = _Builder(ctx, next((o for o in node.output if o), node.name))
         self._inputs()
 
     def _const(self, position: int) -> np.ndarray | None:

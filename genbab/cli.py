@@ -23,6 +23,18 @@ class InputError(Exception):
     """A user mistake: shown as one line, exit code 3."""
 
 
+def _positive_seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genbab", description="Neural-network verifier for general nonlinearities.")
@@ -31,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="verify one property on one ONNX model")
     verify.add_argument("model", help="ONNX model (.onnx or .onnx.gz)")
     verify.add_argument("spec", help="property in VNN-LIB (.vnnlib or .vnnlib.gz)")
-    verify.add_argument("--timeout", type=float, default=None, help="seconds (default 300)")
+    verify.add_argument("--timeout", type=_positive_seconds, default=None,
+                        help="seconds (default 300; fractions allowed)")
     verify.add_argument("--results-file", default=None, help="write a VNN-COMP results file")
     verify.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     verify.add_argument("--config", default=None, help="YAML configuration file")
@@ -49,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build_config(args):
-    from genbab.config import ConfigError, load_config, Config
+    from genbab.config import Config, ConfigError, load_config, validate
 
     try:
         config = load_config(args.config) if args.config else Config()
@@ -57,8 +70,6 @@ def _build_config(args):
         raise InputError(str(exc)) from None
     changes = {}
     if args.timeout is not None:
-        if args.timeout <= 0:
-            raise InputError(f"--timeout must be positive, got {args.timeout}")
         changes["timeout"] = args.timeout
     if args.device is not None:
         changes["device"] = args.device
@@ -71,6 +82,10 @@ def _build_config(args):
         from dataclasses import replace
         changes["attack"] = replace(config.attack, enabled=False)
     config = config.replace(**changes)
+    try:
+        validate(config)
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
     if config.resolved_device() == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -82,8 +97,10 @@ def _load_spec(path: str):
     from genbab.spec import SpecError
     from genbab.spec.vnnlib1 import parse_vnnlib1
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise InputError(f"{path}: no such property file")
+    if not Path(path).is_file():
+        raise InputError(f"{path}: not a file")
     try:
         return parse_vnnlib1(path)
     except SpecError as exc:
@@ -120,8 +137,12 @@ def cmd_verify(args) -> int:
     from genbab.results import write_results_file
     from genbab.verify import verify
 
-    if not Path(args.model).is_file():
+    if not Path(args.model).exists():
         raise InputError(f"{args.model}: no such model file")
+    if not Path(args.model).is_file():
+        raise InputError(f"{args.model}: not a file")
+    if args.results_file and not Path(args.results_file).resolve().parent.is_dir():
+        raise InputError(f"{args.results_file}: its folder does not exist")
     config = _build_config(args)
     spec = _load_spec(args.spec)
     try:
@@ -137,11 +158,17 @@ def cmd_verify(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from genbab.vnnlib2_cli import dispatch  # VNN-LIB 2.0: verify --network, supports, --name
+
+    code = dispatch(argv)
+    if code is not None:
+        return code
     parser = _parser()
     args = parser.parse_args(argv)
     if args.version:
         from genbab import __version__
-        print(f"genbab {__version__}")
+        print(__version__)  # bare, as the VNN-LIB 2.0 command line expects
         return EXIT_OK
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -86,6 +86,41 @@ class Config:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "dtype": ("float32", "float64"),
+    "bounds.method": ("ibp", "crown", "alpha-crown"),
+    "bounds.intermediate": ("crown", "ibp"),
+    "bab.heuristic": ("bbps", "babsr"),
+    "bab.branching_point": ("lookup", "midpoint"),
+    "bab.mode": ("auto", "neuron", "input"),
+    "bab.input_bound_method": ("crown", "alpha-crown"),
+    "bab.input_intermediate": ("crown", "ibp"),
+}
+POSITIVE = ("timeout", "attack.time_budget", "bounds.alpha_lr", "bab.lr")
+
+
+def validate(config: "Config") -> "Config":
+    """Check enumerated and positive settings; raises ConfigError naming the key."""
+    import math
+
+    for key, allowed in CHOICES.items():
+        value = _get(config, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        value = _get(config, key)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{key}: must be a positive number, got {value!r}")
+    return config
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
@@ -121,7 +156,7 @@ def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config
     """Build a Config from a nested mapping, on top of ``base`` (defaults if None)."""
     merged = dataclasses.asdict(base or Config())
     _deep_update(merged, data, "config")
-    return _build(Config, merged, "config")
+    return validate(_build(Config, merged, "config"))
 
 
 def _deep_update(target: dict, data: dict, where: str) -> None:

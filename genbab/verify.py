@@ -190,7 +190,7 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats, runner):
     if config.bab.enabled and res is not None and not clock.expired():
         return _branch_and_bound(graph_t, case, config, clock, (lower, upper), res,
                                  (C_t, d_t, g_t, k), runner, stats, best)
-    return False, "", _to_list(best), None
+    return False, method, _to_list(best), None
 
 
 def _branch_and_bound(graph_t, case, config, clock, box, res, rows, runner, stats, best):
@@ -226,7 +226,7 @@ def _branch_and_bound(graph_t, case, config, clock, box, res, rows, runner, stat
     stats["bab"] = outcome.stats
     if outcome.verdict == "unsat":
         return True, "bab", _to_list(best), None
-    return False, "", _to_list(best), confirmed
+    return False, "bab", _to_list(best), confirmed
 
 
 def _to_list(m):
@@ -281,7 +281,7 @@ def verify(model_path: str | Path, spec: Spec, config: Config = Config()) -> Res
                 stats["float64_agrees"] = confirmed.float64_agrees
                 return finish("sat", "attack", x=confirmed.x, y=confirmed.y)
             verdict = "timeout" if clock.expired() else "unknown"
-            return finish(verdict, method or "alpha-crown", margins=all_margins)
+            return finish(verdict, method or "none", margins=all_margins)
         methods.append(method)
     order = ["ibp", "crown", "alpha-crown", "bab"]
     return finish("unsat", max(methods, key=order.index), margins=all_margins)

@@ -166,9 +166,9 @@ def main_vnnlib2(argv: list[str]) -> int:
         return _run(args, networks, config, pipeline_end)
 
     try:
-        if hasattr(os, "fork"):
+        if hasattr(os, "fork") and "torch" not in sys.modules:  # forking torch's threads hangs
             return _supervise(work, deadline)
-        code, text = work()  # no fork: only the pipeline's own deadline applies
+        code, text = work()  # in process: only the pipeline's own deadline applies
         _write_all(1, text)
         return code
     except BrokenPipeError:
@@ -218,13 +218,17 @@ def _supervise(work, deadline: float) -> int:
     if pid == 0:
         _child(work, read_fd, write_fd)
     os.close(write_fd)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _stop(pid, 128 + signum))
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, _: _stop(pid, 128 + signum))
+    except ValueError:  # not the main thread: SIGTERM keeps its handler
+        previous = None
     try:
         text, finished = _collect(read_fd, deadline)
     except KeyboardInterrupt:
         _stop(pid, 130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         os.close(read_fd)
     if not finished:
         os.kill(pid, signal.SIGKILL)
@@ -311,6 +315,11 @@ def _solve(problem, config, serialise_dir: str | None) -> tuple[str, list[str]]:
     from bounds.onnx_import import ModelError
     from genbab.verify import verify
 
+    if config.resolved_device() == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda requested but no CUDA device is available")
     try:
         result = verify(problem.model_path, problem.spec, config)
     except ModelError as exc:

@@ -35,8 +35,8 @@ TIMEOUT = 60
 PGD_STEPS = 100
 PGD_RESTARTS_PER_CLASS = 2
 PGD_SEED = 0
-# (network, saved image index, eps, recorded verdict): proved by `genbab verify` (alpha-CROWN;
-# worst margin +0.063) but not by `--method crown` (worst margin -0.757).
+# (network, saved image index, eps, recorded verdict): proved by `genbab verify` at the root
+# (alpha-CROWN, worst margin about +0.06) but not by plain CROWN (worst margin -0.757).
 EXTRA_INSTANCES = (("digits_tanh_2x32", 1, 0.05, "unsat"),)
 
 

@@ -162,7 +162,7 @@ NLN_QUICK = [
 @needs_benchmarks
 @pytest.mark.parametrize("pair", _quick(NLN_SAT, NLN_QUICK) + _slow_rest(NLN_SAT, NLN_QUICK))
 def test_nln_sigmoid_tanh_consensus_sat_found(pair):
-    check_sat(NLN, pair)
+    check_sat(NLN, pair, timeout=TIMEOUT if pair in NLN_QUICK else 60.0)
 
 
 # --- never a counterexample where trusted tools proved the property ------------------------

@@ -44,19 +44,6 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _TEMP_registry():  # TEMP until the registry edit
-    import bounds.onnx_registry as reg
-    from bounds import onnx_ops_structure as st
-    old = dict(reg.CONVERTERS), reg.VARIABLE_TO_CONSTANT
-    reg.CONVERTERS.update(st.CONVERTERS)
-    reg.VARIABLE_TO_CONSTANT = {**reg.VARIABLE_TO_CONSTANT, **st.VARIABLE_TO_CONSTANT}
-    yield
-    reg.CONVERTERS.clear()
-    reg.CONVERTERS.update(old[0])
-    reg.VARIABLE_TO_CONSTANT = old[1]
-
-
 def rnd(*shape, seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
 

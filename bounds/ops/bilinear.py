@@ -1,4 +1,4 @@
-"""Products of two variables: ``Mul`` (x*y), ``Square`` (x*x) and ``MatMul`` (X @ W).
+"""Products of variables: ``Mul`` (x*y), ``Square`` (x*x) and ``MatMul`` (X @ W).
 
 Each class owns its forward, IBP and linear relaxation.  A product ``x*y`` on
 the box [lx, ux] x [ly, uy] is relaxed by the McCormick planes
@@ -14,10 +14,6 @@ with matrix products (the parameters are per output element ``(i, j)``).
 Planes are widened by a rounding margin for the working dtype.  Where a bound
 is infinite (or a product overflows) the relaxation falls back to the interval
 bounds with zero slopes, so infinities never turn into NaN.
-
-``_Reciprocal`` (1/y with tangent/chord lines on y > 0 or y < 0, infinite
-bounds when the interval touches 0) is the minimal relaxation Div needs until
-the univariate nonlinearities provide theirs.
 """
 from __future__ import annotations
 
@@ -208,67 +204,6 @@ class Square(Elementwise):
         lw, uw = torch.where(ok, lw, zero), torch.where(ok, uw, zero)
         lb = torch.where(ok, lb, zero)  # x*x >= 0 always
         ub = torch.where(ok, ub, torch.full_like(ub, float("inf")))
-        lw, lb, uw, ub = torch.broadcast_tensors(lw, lb, uw, ub)
-        return LinearRelaxation(lw, lb, uw, ub)
-
-    def backward(self, A, in_bounds, params=None):
-        lo, hi = in_bounds[0]
-        rel = self.relax(lo.unsqueeze(1), hi.unsqueeze(1), params)
-        A_pos, A_neg = split_signs(A)
-        shape = A.shape
-        bias = safe_bias(A_pos, rel.lb.expand(shape)) + safe_bias(A_neg, rel.ub.expand(shape))
-        return [A_pos * rel.lw + A_neg * rel.uw], cast_down(bias, A.dtype)
-
-
-# --- Reciprocal (minimal, for Div) ------------------------------------------------------------
-
-class _Reciprocal(Elementwise):
-    """``1 / y`` on intervals of one sign; an interval containing 0 gets infinite bounds.
-
-    On y > 0 (convex, decreasing) the lower line is the tangent at the
-    geometric interpolation ``d = lo^(1-a) * hi^a`` (alpha "lower", default
-    0.5: the tangent parallel to the chord) and the upper line the chord; on
-    y < 0 the mirror image.
-    """
-
-    alpha_names = ("lower",)
-
-    def function(self, x):
-        return torch.reciprocal(x)
-
-    def interval(self, bounds):
-        lo, hi = bounds
-        sign_ok = (lo > 0) | (hi < 0)
-        low, high = _outward(torch.reciprocal(hi), torch.reciprocal(lo))
-        inf = torch.full_like(lo, float("inf"))
-        return torch.where(sign_ok, low, -inf), torch.where(sign_ok, high, inf)
-
-    def alpha_init(self, lo, hi):
-        return {"lower": torch.full_like(lo, _DEFAULT_ALPHA)}
-
-    def relax(self, lo, hi, alpha=None):
-        hi = torch.maximum(hi, lo)
-        positive, negative = lo > 0, hi < 0
-        ok = positive | negative
-        one = torch.ones((), dtype=lo.dtype, device=lo.device)
-        # work on |y| in [a, b], 0 < a <= b, and mirror for y < 0
-        a = torch.where(positive, lo, torch.where(negative, -hi, one))
-        b = torch.where(positive, hi, torch.where(negative, -lo, one))
-        frac = _alpha(alpha, "lower")
-        d = torch.exp((1 - frac) * torch.log(a) + frac * torch.log(b)).clamp(a, b)
-        t_w, t_b = -1 / (d * d), 2 / d  # tangent of 1/t at d (below 1/t for t > 0)
-        c_w, c_b = -1 / (a * b), 1 / a + 1 / b  # chord on [a, b] (above)
-        # for y < 0: 1/y = -(1/|y|) with |y| = -y, so slopes keep sign and offsets flip
-        lw = torch.where(positive, t_w, c_w)
-        lb = torch.where(positive, t_b, -c_b)
-        uw = torch.where(positive, c_w, t_w)
-        ub = torch.where(positive, c_b, -t_b)
-        lb = lb - rounding_margin(lw, lb, a, b, lo.dtype)
-        ub = ub + rounding_margin(uw, ub, a, b, lo.dtype)
-        zero = torch.zeros((), dtype=lo.dtype, device=lo.device)
-        inf = torch.full_like(lb, float("inf"))
-        lw, uw = torch.where(ok, lw, zero), torch.where(ok, uw, zero)
-        lb, ub = torch.where(ok, lb, -inf), torch.where(ok, ub, inf)
         lw, lb, uw, ub = torch.broadcast_tensors(lw, lb, uw, ub)
         return LinearRelaxation(lw, lb, uw, ub)
 

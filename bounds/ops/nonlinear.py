@@ -3,9 +3,8 @@
 Owns ``Relaxed`` (the contract of every op here: float64 relaxations widened by a
 rounding margin, outward-rounded IBP, infinity-safe backward step), the
 tangent/chord engine, and the smooth ops Exp, Log, Sqrt, Pow, Reciprocal,
-Softplus, Erf, Gelu, GeluTanh and Silu.  Sin and Cos live in
-``bounds.ops.periodic``, the piecewise-linear and step ops in
-``bounds.ops.piecewise``.
+Softplus, Erf, Gelu, GeluTanh and Silu.  Sin and Cos, the piecewise-linear and
+the step ops live in ``bounds.ops.piecewise``.
 
 Engine: on [l, u] a function that is convex on one interval [a, b] and concave
 on the rest of [l, u] has as lower line either the tangent at a point d of
@@ -21,7 +20,9 @@ Conventions:
   in-domain part of an interval, an interval without one gets vacuous bounds;
 - slopes are always finite (a line with an infinite, NaN or huge slope is
   replaced by the constant IBP bound); biases may be infinite (a lower bias
-  only -inf, an upper bias only +inf), never NaN; ``backward`` handles them.
+  only -inf, an upper bias only +inf), never NaN; ``backward`` handles them;
+- gradients (alpha, and the interval ends, through which alpha-CROWN
+  optimises intermediate bounds) never come back NaN or infinite.
 """
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def tangent_span(f, df, l: Tensor, u: Tensor, fl: Tensor, fu: Tensor, a, b, sign
     tangents are upper lines of f.  All tensors broadcast to one shape.
     """
     l, u, fl, fu, a, b, sign = torch.broadcast_tensors(
-        l, u, fl, fu, *(torch.as_tensor(v, dtype=l.dtype) for v in (a, b, sign)))
+        l, u, fl, fu, *(torch.as_tensor(v, dtype=l.dtype, device=l.device) for v in (a, b, sign)))
     lc, uc = torch.maximum(l, a), torch.minimum(u, b)  # the ends carry gradients of l, u
     with torch.no_grad():
         some = lc <= uc
@@ -157,7 +158,7 @@ def tangent_spans(f, df, l, u, fl, fu, problems) -> list[tuple[Tensor, Tensor, T
     A problem of None has no convex part (``ok`` is False everywhere).
     """
     empty = (INF, -INF, 1.0)
-    parts = [torch.broadcast_tensors(l, *(torch.as_tensor(v, dtype=l.dtype)
+    parts = [torch.broadcast_tensors(l, *(torch.as_tensor(v, dtype=l.dtype, device=l.device)
                                           for v in (p or empty)))[1:] for p in problems]
     a, b, sign = (torch.stack([p[i] for p in parts]) for i in range(3))
     t0, t1, ok = tangent_span(f, df, l, u, fl, fu, a, b, sign)

@@ -10,8 +10,8 @@ g'' >= 0), so a tangent at a valley point is valid iff it is below g at both
 ends.  The lower line is such a tangent in the valley holding the minimum of g
 over the interval (the range of valid points found by bisection, the alpha
 fraction placing the point), else the chord if its one candidate minimum is
-not below it, else the constant minimum; an interval of width >= 2 pi gets
-the constants -1 and 1.  The upper line is the lower line of -g = sin(x + (q+2) pi/2).
+not below it, else the constant minimum; an interval of width >= 2 pi (or
+beyond |x| = 1e9, where periods are not resolved in float64) gets the IBP constants.  The upper line is the lower line of -g = sin(x + (q+2) pi/2).
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ class Sin(Relaxed):
         gl, gu = self.function(l), self.function(u)
         get = (lambda k: None) if frac is None else frac.get
         with torch.no_grad():
-            wide = (u - l) >= TWO_PI - 1e-6
+            # beyond 2 pi the tangent argument fails; beyond 1e9 periods are not resolved
+            wide = ((u - l) >= TWO_PI - 1e-6) | (torch.maximum(l.abs(), u.abs()) > 1e9)
             regions = [(*_trig_region(q, l, u, gl, gu, wide), 1.0),
                        (*_trig_region(q + 2, l, u, -gl, -gu, wide), -1.0)]
         spans = tangent_spans(self.function, self.derivative, l, u, gl, gu, regions)

@@ -234,6 +234,9 @@ def _package_error(text: str, source: str) -> SpecError:
     message = first.get("message", "invalid query")
     if first.get("hint"):
         message += f": {first['hint']}"
+    if "type 'Unknown'" in message:
+        message += (" (the vnnlib package does not type 'Real' variables in products with a "
+                    "leading constant: declare them 'real' or write the constant last)")
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error(s))"
     return SpecError(message, source, first.get("line"))
@@ -283,7 +286,7 @@ def to_spec(query: Query) -> Spec:
     lines = [f"(declare-const X_{i} Real)" for i in range(x.size)]
     lines += [f"(declare-const Y_{j} Real)" for j in range(y.size)]
     origin = [None] * len(lines)  # 2.0 line of each lowered line
-    for formula in query.assertions:
+    for formula in _conjuncts(query.assertions):  # one per line: vnnlib1's fast path
         lines.append(f"(assert {_lower(formula, letter, query)})")
         origin.append(_first_line(formula))
     try:
@@ -293,6 +296,15 @@ def to_spec(query: Query) -> Spec:
         reason = _FLAT_NAME_RE.sub(lambda m: (x if m.group(1) == "X" else y).element(
             int(m.group(2))), exc.reason)
         raise SpecError(reason, query.source, line) from None
+
+
+def _conjuncts(formulas):
+    """The formulas with every top-level ``and`` split into its arguments."""
+    for formula in formulas:
+        if isinstance(formula, Connective) and formula.op == "and":
+            yield from _conjuncts(formula.args)
+        else:
+            yield formula
 
 
 def _lower(formula, letter: dict[int, str], query: Query) -> str:
@@ -410,7 +422,27 @@ def load_problem(path: str | Path, networks: dict[str, str]) -> Problem:
     text = read_text(path)
     if detect_version(text) == "1.0":
         return _load_vnnlib1(text, str(path), networks)
+    return problem_for_query(parse_query_text(text, str(path)), networks)
+
+
+def load_spec_for_model(path: str | Path, model_path: str | Path) -> Spec:
+    """The ``Spec`` of a 1.0 or 2.0 property file for one model (``genbab verify MODEL SPEC``).
+
+    Every network a 2.0 query declares is mapped to ``model_path``; the checks
+    of ``load_problem`` apply (a query over several networks is refused).
+    """
+    text = read_text(path)
+    if detect_version(text) == "1.0":
+        from genbab.spec.vnnlib1 import parse_vnnlib1_text
+
+        return parse_vnnlib1_text(text, str(path))
     query = parse_query_text(text, str(path))
+    names = [net.name for net in query.networks if not net.equal_to]
+    return problem_for_query(query, dict.fromkeys(names, str(model_path))).spec
+
+
+def problem_for_query(query: Query, networks: dict[str, str]) -> Problem:
+    """Map a parsed 2.0 query onto the models named by ``networks`` (see ``load_problem``)."""
     _check_mapping(query, networks)
     problems = unsupported_features(query)
     if problems:
@@ -465,8 +497,6 @@ def _model_io(model_path: str) -> tuple[ModelTensor, ModelTensor]:
 
     Reads the graph with ``onnx`` alone: error paths stay free of torch.
     """
-    import onnx
-
     try:
         raw = Path(model_path).read_bytes()
         if raw[:2] == b"\x1f\x8b":
@@ -474,6 +504,8 @@ def _model_io(model_path: str) -> tuple[ModelTensor, ModelTensor]:
     except (OSError, EOFError) as exc:
         raise SpecError(f"cannot read model ({getattr(exc, 'strerror', None) or exc})",
                         model_path) from None
+    import onnx
+
     try:
         graph = onnx.load_from_string(raw).graph
     except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
