@@ -90,6 +90,12 @@ def convert_matmul(ctx, node):
     left, right = node.input
     if ctx.is_const(right) and not ctx.is_const(left):
         w = ctx.const(right).astype(np.float64)
+        if w.ndim == 1:  # vector: a one-output Linear, then drop that axis
+            hidden = node.output[0] + "/matvec"
+            ctx.add(hidden, Linear(tensor(w[None]), None), [left])
+            shape = ctx.shape(hidden)
+            ctx.add(node.output[0], Reshape(shape, shape[:-1]), [hidden])
+            return
         if w.ndim != 2:
             raise ConversionError(f"MatMul with a constant right operand of rank {w.ndim}")
         ctx.add(node.output[0], Linear(tensor(w.T), None), [left])

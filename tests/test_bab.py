@@ -431,12 +431,6 @@ def test_driver_proves_when_the_bound_needs_no_split():
     assert outcome.verdict == "unsat"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: branch_and_bound never prunes the root domain: when its first bound already "
-    "proves the property it still splits it (one wasted round), and when it also has no "
-    "neuron left to split (all ReLUs stable, every interval narrower than min_width) it "
-    "answers 'unknown' (reason 'a domain has no neuron left to split') with "
-    "worst_open_margin > 0"))
 def test_driver_prunes_a_root_domain_that_is_already_proved():
     from genbab.bab.driver import branch_and_bound
 
@@ -486,10 +480,6 @@ def mul_net() -> Graph:
                   Node("out", lin(3, 1), ("m",), (1,))), ("x",), ("out",))
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "BUG: the driver keeps only the bounds of splittable nodes (inputs of univariate "
-    "Elementwise ops) in Domains.bounds, so _bound hands bound_under_splits no bounds for the "
-    "inputs of Mul/MatMul/Softmax/MaxPool nodes and Mul.planes fails on None"))
 def test_bab_runs_on_a_network_with_a_product_of_two_variables():
     from genbab.bab.driver import branch_and_bound
 

@@ -239,11 +239,14 @@ def test_infinite_operand_bounds_give_infinite_bounds_not_nan(dtype):
     assert abs(float(lo[0, 2])) < 1e-30 and abs(float(hi[0, 2])) < 1e-30  # 0 * unbounded
     A = torch.eye(5, dtype=dtype).unsqueeze(0)
     A = torch.cat([A, -A], 1).requires_grad_(True)
-    (A_x, A_y), bias = op.backward(A, [(lx, ux), (ly, uy)])
+    params = {k: v.unsqueeze(1).expand(1, 10, 5).clone().requires_grad_(True)
+              for k, v in op.init_alpha([(lx, ux), (ly, uy)]).items()}
+    (A_x, A_y), bias = op.backward(A, [(lx, ux), (ly, uy)], params)
     assert not bool(torch.isnan(bias).any() or torch.isnan(A_x).any() or torch.isnan(A_y).any())
     assert float(bias[0, 0].detach()) == -inf and float(bias[0, 3].detach()) > -inf
-    bias[torch.isfinite(bias)].sum().backward()
-    assert bool(torch.isfinite(A.grad).all())
+    (bias[torch.isfinite(bias)].sum() + A_x.sum() + A_y.sum()).backward()
+    assert not bool(torch.isnan(A.grad).any())  # (float32 sums of 1e38 slopes may overflow)
+    assert all(not bool(torch.isnan(p.grad).any()) for p in params.values())
 
 
 # --- MatMul -----------------------------------------------------------------------------------
@@ -301,7 +304,8 @@ def test_matmul_matches_mul_terms():
 SOFTMAX_CASES = {  # name: (per-sample shape, axis of the batched tensor)
     "n5": ((5,), 1), "n17": ((17,), 1), "rows_last": ((3, 6), 2), "rows_first": ((6, 3), 1),
 }
-SOFTMAX_FAMILIES = ("moderate", "narrow", "wide", "large_offset", "degenerate", "mixed")
+SOFTMAX_FAMILIES = ("moderate", "narrow", "wide", "large_offset", "degenerate", "mixed",
+                    "far_apart", "enormous")
 
 
 def softmax_box(family, shape, gen):
@@ -317,6 +321,10 @@ def softmax_box(family, shape, gen):
         radius = radius * 0
     elif family == "mixed":  # some entries degenerate, some very wide
         radius = radius * torch.where(torch.rand(radius.shape, generator=gen) < 0.3, 0.0, 20.0)
+    elif family == "far_apart":  # exp of the differences under- and overflows
+        centre = centre * 300
+    elif family == "enormous":
+        radius = radius * 1e16
     return centre - radius, centre + radius
 
 
@@ -393,9 +401,10 @@ def test_softmax_tighter_than_decomposition(n, width):
     assert float(ours.mean()) > float(theirs.mean())
 
 
-def test_softmax_alpha_gradients_are_finite_and_useful():
+@pytest.mark.parametrize("family", SOFTMAX_FAMILIES)
+def test_softmax_alpha_gradients_are_finite(family):
     gen = torch.Generator().manual_seed(12)
-    lo, hi = softmax_box("wide", (8,), gen)
+    lo, hi = softmax_box(family, (8,), gen)
     op = Softmax(1)
     A = torch.randn(1, 4, 8, generator=gen, dtype=F64)
     params = {k: v.unsqueeze(1).expand(1, 4, 8).clone().requires_grad_(True)
@@ -404,7 +413,8 @@ def test_softmax_alpha_gradients_are_finite_and_useful():
     (concretise(A_x, lo, hi) + bias).sum().backward()
     grads = [p.grad for p in params.values()]
     assert all(bool(torch.isfinite(g).all()) for g in grads)
-    assert any(float(g.abs().sum()) > 0 for g in grads)
+    if family in ("moderate", "wide"):
+        assert any(float(g.abs().sum()) > 0 for g in grads)
 
 
 def test_bilinear_ops_registered():

@@ -148,14 +148,18 @@ def _lower_lse(lo, hi, mag, frac):
 
 
 def _upper_lse(lo, hi, low, high, mag, frac):
-    """``bias_i + beta_i (x_i - p0 . x)``: (beta, p0, bias, scale)."""
+    """``bias_i + beta_i (x_i - p0 . x)``: (beta, p0, bias, scale, ok).
+
+    Not ok where ``high`` underflows (the constant bound ~0 is then as good).
+    """
     n = lo.shape[-1]
     x0 = lo + frac * (hi - lo)
     p0 = torch.softmax(x0, -1)
     h0 = x0 - torch.logsumexp(x0, -1, keepdim=True)
     vanishing = low < 1e-250  # slope 0 then: the constant exp(h_max) is the line
     h_min = torch.log(torch.where(vanishing, torch.ones_like(low), low))
-    h_max = torch.log(high)
+    ok = high > 1e-250
+    h_max = torch.log(torch.where(ok, high, torch.ones_like(high)))
     h_min = h_min - _EPS64 * (h_min.abs() + 4)
     h_max = h_max + _EPS64 * (h_max.abs() + 4)
     e_min, e_max = torch.exp(h_min), torch.exp(h_max)
@@ -163,7 +167,7 @@ def _upper_lse(lo, hi, low, high, mag, frac):
     bias = e_max - beta * h_max + beta * (h0 - x0 + (p0 * x0).sum(-1, keepdim=True))
     big = mag.amax(-1, keepdim=True) + x0.abs().amax(-1, keepdim=True)
     scale = e_max + beta * (h_max.abs() + h0.abs() + 6 * big + n)
-    return beta, p0, bias, scale
+    return beta, p0, bias, scale, ok
 
 
 def _rank_one_min(lo, hi, weight, g, bias):
@@ -229,7 +233,7 @@ class Softmax(Op):
             lo, hi, mag, half if frac["lower_er"] is None else frac["lower_er"])
         p0, g, lse_bias, lse_scale, lse_ok = _lower_lse(
             lo, hi, mag, half if frac["lower"] is None else frac["lower"])
-        beta, pu, up_bias, up_scale = _upper_lse(
+        beta, pu, up_bias, up_scale, up_ok = _upper_lse(
             lo, hi, low, high, mag, half if frac["upper"] is None else frac["upper"])
         margin = 4 * (lo.shape[-1] + 8) * torch.finfo(dtype).eps
         er_bias, lse_bias = er_bias - margin * er_scale, lse_bias - margin * lse_scale
@@ -241,9 +245,10 @@ class Softmax(Op):
         mix = torch.where(er_ok, torch.where(lse_ok, mix, 1.0), 0.0)
         lower_ok = valid & (er_ok | lse_ok)
         lower = torch.where(lower_ok, mix * er_bias + (1 - mix) * lse_bias, low)
-        upper = torch.where(valid, up_bias + margin * up_scale, high)
+        upper_ok = valid & up_ok
+        upper = torch.where(upper_ok, up_bias + margin * up_scale, high)
         return {"low": low, "high": high, "k": k, "q": q * mix * lower_ok,
-                "p0": p0 * (1 - mix) * lower_ok, "g": g, "beta": beta * valid, "pu": pu,
+                "p0": p0 * (1 - mix) * lower_ok, "g": g, "beta": beta * upper_ok, "pu": pu,
                 "lower": lower, "upper": upper, "mix": mix}
 
     def backward(self, A, in_bounds, params=None):

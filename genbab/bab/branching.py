@@ -5,8 +5,8 @@ the targeted row would improve in the *worse* of the two children, from the
 change of that neuron's relaxation (children relaxed on [l, p] and [p, u]):
 ``delta = A+ (child line - parent line)_lower + A- (...)_upper``.
 
-- ``babsr``: the change is bounded over the child's own interval of the
-  neuron (propagated only to the previous layer).
+- ``babsr``: the change is evaluated on the child's own interval of the
+  neuron, at its middle (propagated only to the previous layer).
 - ``bbps`` (bound propagation with shortcuts, GenBaB): the change is added to
   the domain's linear bound in the network input, with the neuron replaced by
   its linear bounds in terms of the input saved from the root CROWN pass, and
@@ -106,7 +106,9 @@ def choose(domains: Domains, target: Tensor, nodes: list[Splittable], points, sh
         a = domains.coefficients[s.consumer][rows, target].reshape(N, -1)
         point = points.point(s.op_name, lo, hi, op=s.op)
         deltas = _relax_delta(s.op, lo, hi, a, point)
-        scores = [db + torch.minimum(dw * clo, dw * chi) for dw, db, clo, chi in deltas]
+        # change of the bound at the middle of each child's interval (a pointwise
+        # minimum is 0 for every ReLU split at 0, which would rank nothing)
+        scores = [db + dw * (clo + chi) / 2 for dw, db, clo, chi in deltas]
         score = torch.minimum(*scores)
         score = torch.where(_candidates(s, lo, hi, min_width), score,
                             torch.full_like(score, -float("inf")))

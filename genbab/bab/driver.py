@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bounds.methods import preactivations
 from bounds.split_bounds import bound_under_splits
 from genbab.bab.branching import choose, root_shortcuts, splittable_nodes
 from genbab.bab.domains import Domains, split
@@ -62,10 +63,13 @@ def branch_and_bound(graph, box, root_bounds, root_params, prop: Property, confi
         return BabOutcome("unknown", {**stats, "reason": "no splittable neurons"})
     names = [s.name for s in nodes]
     shortcuts = root_shortcuts(graph, root_bounds, nodes) if config.heuristic == "bbps" else None
-    root = _bound(graph, box, prop, _root_domain(root_bounds, root_params, names, prop), config,
-                  iterations=0)
-    open_domains = root
+    bounded = preactivations(graph)  # every node whose bounds a relaxation needs
+    root = _bound(graph, box, prop, _root_domain(root_bounds, root_params, bounded, prop),
+                  config, iterations=0)
     start = time.monotonic()
+    if bool((prop.margins(root.lower) > 0).all()):
+        return BabOutcome("unsat", _finish(stats, root.select(root.depth[:0]), prop, start))
+    open_domains = root
     while len(open_domains):
         if time.monotonic() >= deadline:
             return BabOutcome("timeout", _finish(stats, open_domains, prop, start))
