@@ -31,7 +31,8 @@ def bound_under_splits(graph: Graph, bounds: BoundsMap, C: Tensor,
                        split_masks: dict[str, tuple[Tensor, Tensor]], params: Params,
                        iterations: int, lr: float,
                        objective: Callable[[Tensor], Tensor] | None = None,
-                       done: Callable[[Tensor], bool] | None = None) -> SplitBoundResult:
+                       done: Callable[[Tensor], bool] | None = None,
+                       deadline: Callable[[], bool] | None = None) -> SplitBoundResult:
     """Lower bounds of ``C @ y`` per row of the batch.
 
     ``bounds`` holds batched intermediate bounds (and the input box);
@@ -81,7 +82,7 @@ def bound_under_splits(graph: Graph, bounds: BoundsMap, C: Tensor,
                 _project(alphas, betas)
                 total, coeffs, linear = run()
                 best = torch.maximum(best, total.detach())
-                if done is not None and done(best):
+                if (done is not None and done(best)) or (deadline is not None and deadline()):
                     break
     detached = {k: {n: t.detach() for n, t in v.items()} for k, v in alphas.items()}
     coeffs = {k: v.detach() for k, v in coeffs.items()}

@@ -90,7 +90,8 @@ def branch_and_bound(graph, box, root_bounds, root_params, prop: Property, confi
         # 3. split
         children = split(batch, decision, names)
         # 4. bound all children at once
-        children = _bound(graph, box, prop, children, config, config.iterations)
+        children = _bound(graph, box, prop, children, config, config.iterations,
+                          lambda: time.monotonic() >= deadline)
         # 5. prune the proved ones, push the rest
         proved = (prop.margins(children.lower) > 0).all(1)
         stats["rounds"] += 1
@@ -120,7 +121,8 @@ def _root_domain(root_bounds, root_params, names, prop) -> Domains:
                    torch.zeros(1, dtype=torch.long, device=like.device))
 
 
-def _bound(graph, box, prop: Property, domains: Domains, config, iterations: int) -> Domains:
+def _bound(graph, box, prop: Property, domains: Domains, config, iterations: int,
+           deadline=None) -> Domains:
     n = len(domains)
     bounds = {graph.inputs[0]: (box[0].expand(n, *box[0].shape[1:]),
                                 box[1].expand(n, *box[1].shape[1:]))}
@@ -135,7 +137,7 @@ def _bound(graph, box, prop: Property, domains: Domains, config, iterations: int
         return bool((prop.margins(lower) > 0).all())
 
     result = bound_under_splits(graph, bounds, C, masks, domains.params, iterations, config.lr,
-                                objective, done)
+                                objective, done, deadline)
     lower = torch.maximum(result.lower, domains.lower)  # children are never looser
     return Domains(domains.bounds, domains.split_lo, domains.split_hi, result.params, lower,
                    result.coefficients, result.linear, domains.depth)
