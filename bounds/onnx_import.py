@@ -137,7 +137,10 @@ def load_onnx(model: str | Path | onnx.ModelProto) -> Graph:
     """Convert an ONNX model (path, ``.onnx.gz`` or proto) into our graph."""
     from bounds.onnx_registry import CONVERTERS, VARIABLE_TO_CONSTANT
 
+    from bounds.onnx_ops_nonlinear import fuse_gelu  # lazy: that module imports this one
+
     proto = model if isinstance(model, onnx.ModelProto) else read_model(model)
+    proto = fuse_gelu(proto)  # the erf form of GeLU becomes one op (tighter than its parts)
     ctx = ImportContext(opset=_opset(proto))
     for init in proto.graph.initializer:
         ctx.constants[init.name] = numpy_helper.to_array(init)

@@ -19,6 +19,11 @@ def _centre_radius(bounds: Bounds) -> tuple[Tensor, Tensor]:
     return (lo + hi) / 2, (hi - lo) / 2
 
 
+def _outward(lo: Tensor, hi: Tensor) -> Bounds:
+    """NaN (from infinite bounds: inf - inf, 0 * inf) becomes the trivial bound."""
+    return lo.nan_to_num(nan=-float("inf")), hi.nan_to_num(nan=float("inf"))
+
+
 class Linear(Op):
     """``y = x @ W^T + b`` over the last axis (Gemm, MatMul with a constant right operand)."""
 
@@ -33,7 +38,7 @@ class Linear(Op):
     def interval(self, bounds: Bounds) -> Bounds:
         c, r = _centre_radius(bounds)
         c, r = self.forward(c), r @ self.weight.abs().T
-        return c - r, c + r
+        return _outward(c - r, c + r)
 
     def backward(self, A, in_bounds, params=None):
         A_in = A @ self.weight
@@ -56,7 +61,7 @@ class ConstMatMulLeft(Op):
     def interval(self, bounds: Bounds) -> Bounds:
         c, r = _centre_radius(bounds)
         c, r = self.weight @ c, self.weight.abs() @ r
-        return c - r, c + r
+        return _outward(c - r, c + r)
 
     def backward(self, A, in_bounds, params=None):
         A_in = self.weight.transpose(-1, -2) @ A
@@ -88,7 +93,7 @@ class ElementwiseAffine(Op):
         c = self.forward(c)
         r = r if self.scale is None else r * self.scale.abs()
         r = r.expand_as(c)
-        return c - r, c + r
+        return _outward(c - r, c + r)
 
     def backward(self, A, in_bounds, params=None):
         A_in = A if self.scale is None else A * self.scale
@@ -155,7 +160,7 @@ class Conv(Op):
     def interval(self, bounds: Bounds) -> Bounds:
         c, r = _centre_radius(bounds)
         c, r = self.forward(c), self._conv(r, self.weight.abs(), None)
-        return c - r, c + r
+        return _outward(c - r, c + r)
 
     def backward(self, A, in_bounds, params=None):
         B, S = A.shape[:2]
