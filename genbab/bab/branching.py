@@ -109,7 +109,7 @@ def choose(domains: Domains, target: Tensor, nodes: list[Splittable], points, sh
         # change of the bound at the middle of each child's interval (a pointwise
         # minimum is 0 for every ReLU split at 0, which would rank nothing)
         scores = [db + dw * (clo + chi) / 2 for dw, db, clo, chi in deltas]
-        score = torch.minimum(*scores)
+        score = torch.minimum(*scores).nan_to_num(nan=-float("inf"), posinf=1e30)
         score = torch.where(_candidates(s, lo, hi, min_width), score,
                             torch.full_like(score, -float("inf")))
         cheap_all.append(score)
@@ -154,7 +154,7 @@ def _bbps(domains, target, nodes, info, shortcuts, box, cheap, offsets, top_k):
             dw * c_sh + db
         gain = value - (base + bias)
         worst = gain if worst is None else torch.minimum(worst, gain)
-    valid = torch.isfinite(cheap.gather(1, top))
+    valid = torch.isfinite(cheap.gather(1, top)) & ~torch.isnan(worst)
     worst = torch.where(valid, worst, torch.full_like(worst, -float("inf")))
     out = torch.full_like(cheap, -float("inf"))
     return out.scatter(1, top, worst)
