@@ -130,7 +130,9 @@ def compute_bounds(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor,
         if options.method == "ibp":
             bounds = ibp(graph, lower, upper)
             lo, hi = bounds[out.name]
-            lower_bound = (A.clamp(min=0) * lo.unsqueeze(1) + A.clamp(max=0) * hi.unsqueeze(1))
+            zero = torch.zeros((), dtype=A.dtype, device=A.device)  # never 0 * inf
+            lower_bound = (torch.where(A > 0, A * lo.unsqueeze(1), zero)
+                           + torch.where(A < 0, A * hi.unsqueeze(1), zero))
             return BoundResult(lower_bound.reshape(A.shape[0], A.shape[1], -1).sum(-1), bounds,
                                "ibp")
         bounds = intermediate_bounds(graph, lower, upper, options.intermediate,

@@ -100,6 +100,10 @@ def dispatch(argv: list[str]) -> int | None:
     if argv[:1] == ["supports"]:
         return main_supports(argv[1:])
     if argv[:1] == ["verify"] and is_vnnlib2_verify(argv[1:]):
+        if not any(a == "--network" or a.startswith("--network=") for a in argv[1:]):
+            print("genbab verify: error: give MODEL.onnx SPEC.vnnlib, or a VNN-LIB 2.0 query "
+                  "with --network NAME=MODEL.onnx", file=sys.stderr)
+            return 2
         return main_vnnlib2(argv[1:])
     return None
 

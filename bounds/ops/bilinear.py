@@ -9,7 +9,7 @@ the box [lx, ux] x [ly, uy] is relaxed by the McCormick planes
 and a convex combination of the two planes of one side (weight ``alpha`` on
 the first) is again valid, so ``alpha`` in [0, 1] is an optimisable parameter
 per output element ("lower" and "upper"); 0.5 minimises the largest gap.
-``MatMul`` relaxes every term ``x[i, k] * w[k, j]`` so and sums over ``k``
+``MatMul`` relaxes every term ``x[i, k] * w[k, j]`` this way and sums over ``k``
 with matrix products (the parameters are per output element ``(i, j)``).
 Planes are widened by a rounding margin for the working dtype.  Where a bound
 is infinite (or a product overflows) the relaxation falls back to the interval
