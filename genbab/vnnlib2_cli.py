@@ -100,10 +100,10 @@ def dispatch(argv: list[str]) -> int | None:
     if argv[:1] == ["supports"]:
         return main_supports(argv[1:])
     if argv[:1] == ["verify"] and is_vnnlib2_verify(argv[1:]):
-        if not any(a == "--network" or a.startswith("--network=") for a in argv[1:]):
-            print("genbab verify: error: give MODEL.onnx SPEC.vnnlib, or a VNN-LIB 2.0 query "
-                  "with --network NAME=MODEL.onnx", file=sys.stderr)
-            return 2
+        networks = any(a == "--network" or a.startswith("--network=") for a in argv[1:])
+        files = [a for a in argv[1:] if not a.startswith("-") and os.path.isfile(a)]
+        if not networks and not files:
+            return None  # not a 2.0 query: the 1.0 parser reports the missing argument
         return main_vnnlib2(argv[1:])
     return None
 

@@ -311,8 +311,8 @@ class WitnessCheck:
         self.real = driver._bound
         self.calls, self.pairs = 0, 0
 
-    def __call__(self, graph, box, prop, domains, config, iterations):
-        out = self.real(graph, box, prop, domains, config, iterations)
+    def __call__(self, graph, box, prop, domains, config, iterations, deadline=None):
+        out = self.real(graph, box, prop, domains, config, iterations, deadline)
         flat = {k: tuple(t.reshape(len(out), -1) for t in out.bounds[k]) for k in self.names}
         keep = inside(self.values, flat, self.names)  # [N, W]
         bound = prop.margins(out.lower)  # [N, K]
