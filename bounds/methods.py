@@ -47,13 +47,20 @@ def preactivations(graph: Graph) -> list[str]:
     return [n.name for n in graph.nodes if n.name in needed and n.op.kind != "input"]
 
 
+class BoundTimeout(Exception):
+    """The deadline passed while intermediate bounds were being computed."""
+
+
 def _crown_node(graph: Graph, name: str, bounds: BoundsMap, params: Params | None,
-                max_neurons: int) -> tuple[Tensor, Tensor]:
+                max_neurons: int, deadline: Callable[[], bool] | None = None
+                ) -> tuple[Tensor, Tensor]:
     node = graph[name]
     lower_in = bounds[graph.inputs[0]][0]
     B, N = lower_in.shape[0], node.size
     los, his = [], []
     for start in range(0, N, max_neurons):
+        if deadline is not None and deadline():
+            raise BoundTimeout(name)
         stop = min(N, start + max_neurons)
         A = identity_spec(N, node.shape, B, start, stop, lower_in)
         chunk_params = params
@@ -69,8 +76,12 @@ def _crown_node(graph: Graph, name: str, bounds: BoundsMap, params: Params | Non
 
 def intermediate_bounds(graph: Graph, lower: Tensor, upper: Tensor, intermediate: str,
                         params: dict[str, Params] | None = None,
-                        best: BoundsMap | None = None, max_neurons: int = 2048) -> BoundsMap:
-    """IBP for every node, tightened by CROWN on pre-activations (and by ``best``)."""
+                        best: BoundsMap | None = None, max_neurons: int = 2048,
+                        deadline: Callable[[], bool] | None = None) -> BoundsMap:
+    """IBP for every node, tightened by CROWN on pre-activations (and by ``best``).
+
+    Raises ``BoundTimeout`` once ``deadline()`` is True (checked per chunk of neurons).
+    """
     needed = set(preactivations(graph))
     bounds: BoundsMap = {graph.inputs[0]: (lower, upper)}
     for node in graph.nodes:
@@ -79,7 +90,8 @@ def intermediate_bounds(graph: Graph, lower: Tensor, upper: Tensor, intermediate
         lo, hi = node.op.interval(*(bounds[i] for i in node.inputs))
         if node.name in needed and intermediate == "crown":
             clo, chi = _crown_node(graph, node.name, bounds,
-                                   None if params is None else params.get(node.name), max_neurons)
+                                   None if params is None else params.get(node.name), max_neurons,
+                                   deadline)
             lo, hi = torch.maximum(lo, clo), torch.minimum(hi, chi)
         if best is not None and node.name in best:
             lo, hi = torch.maximum(lo, best[node.name][0]), torch.minimum(hi, best[node.name][1])
@@ -136,7 +148,7 @@ def compute_bounds(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor,
             return BoundResult(lower_bound.reshape(A.shape[0], A.shape[1], -1).sum(-1), bounds,
                                "ibp")
         bounds = intermediate_bounds(graph, lower, upper, options.intermediate,
-                                     max_neurons=options.max_batch_neurons)
+                                     max_neurons=options.max_batch_neurons, deadline=deadline)
         crown = backward_pass(graph, out.name, A, bounds)
     result = BoundResult(crown, bounds, "crown")
     if options.method == "crown" or not graph.nonlinear_nodes() or \
@@ -161,8 +173,11 @@ def _optimise(graph, lower, upper, A, options, result, objective, done, deadline
     iterations = 0
     for iterations in range(1, options.alpha_iterations + 1):
         if optimise_inner:
-            bounds = intermediate_bounds(graph, lower, upper, "crown", params, best_bounds,
-                                         options.max_batch_neurons)
+            try:
+                bounds = intermediate_bounds(graph, lower, upper, "crown", params, best_bounds,
+                                             options.max_batch_neurons, deadline)
+            except BoundTimeout:
+                break
         else:
             bounds = best_bounds
         final = backward_pass(graph, out, A, bounds, params.get(out))

@@ -145,7 +145,7 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats, runner):
     """Returns (proved, method, margins per disjunct)."""
     import torch
 
-    from bounds.methods import BoundOptions, compute_bounds
+    from bounds.methods import BoundOptions, BoundTimeout, compute_bounds
 
     n_out = graph_t.output_node.size
     C, d, groups = _rows(case, n_out)
@@ -180,8 +180,11 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats, runner):
                             optimize_intermediate=b.optimize_intermediate,
                             max_batch_neurons=b.max_intermediate_batch)
         t0 = time.monotonic()
-        res = compute_bounds(graph_t, lower, upper, C_t, opts, objective=objective, done=done,
-                             deadline=clock.expired)
+        try:
+            res = compute_bounds(graph_t, lower, upper, C_t, opts, objective=objective,
+                                 done=done, deadline=clock.expired)
+        except BoundTimeout:
+            return False, "timeout", _to_list(best), None
         stats.setdefault("bound_time", {})[method] = round(time.monotonic() - t0, 3)
         m = margins(res.lower.detach())
         best = m if best is None else torch.maximum(best, m)
