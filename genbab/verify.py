@@ -251,10 +251,11 @@ def verify(model_path: str | Path, spec: Spec, config: Config = Config()) -> Res
     graph = load_onnx(proto)
     _check_sizes(graph, spec)
     stats: dict = {"load_time": round(clock.elapsed(), 3), "device": device}
+    runner = OnnxRunner(proto)
     if config.check_model and spec.cases:
         stats["onnxruntime_max_diff"] = compare_with_onnxruntime(
-            graph, proto, spec.cases[0].lower, spec.cases[0].upper, seed=config.seed)
-    runner = OnnxRunner(proto)
+            graph, proto, spec.cases[0].lower, spec.cases[0].upper, seed=config.seed,
+            reference64=runner.run64)
     graph_t = graph.to(device, dtype)
 
     def finish(verdict, method="", **kw):
