@@ -68,7 +68,7 @@ class Graph:
     def forward(self, *xs: Tensor) -> Tensor:
         return self.forward_all(*xs)[self.outputs[0]]
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Graph":
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Graph:
         nodes = tuple(Node(n.name, n.op.to(device, dtype), n.inputs, n.shape, n.onnx_name)
                       for n in self.nodes)
         return Graph(nodes, self.inputs, self.outputs)
@@ -94,7 +94,7 @@ class Graph:
     def nonlinear_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.op.kind == "nonlinear"]
 
-    def truncated(self, output: str) -> "Graph":
+    def truncated(self, output: str) -> Graph:
         """The sub-graph computing ``output`` (e.g. to drop a final Softmax)."""
         keep = self.ancestors(output)
         return Graph(tuple(n for n in self.nodes if n.name in keep), self.inputs, (output,))

@@ -9,14 +9,14 @@ keeping the best bound seen (every iterate is sound).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from bounds.graph import Graph
 from bounds.ops.base import Tensor
-from bounds.traversal import BoundsMap, Params, backward_pass, identity_spec, ibp
+from bounds.traversal import BoundsMap, Params, backward_pass, ibp, identity_spec
 
 METHODS = ("ibp", "crown", "alpha-crown")
 

@@ -135,9 +135,8 @@ def _fold(node: onnx.NodeProto, ctx: ImportContext) -> None:
 
 def load_onnx(model: str | Path | onnx.ModelProto) -> Graph:
     """Convert an ONNX model (path, ``.onnx.gz`` or proto) into our graph."""
-    from bounds.onnx_registry import CONVERTERS, VARIABLE_TO_CONSTANT
-
     from bounds.onnx_ops_nonlinear import fuse_gelu  # lazy: that module imports this one
+    from bounds.onnx_registry import CONVERTERS, VARIABLE_TO_CONSTANT
 
     proto = model if isinstance(model, onnx.ModelProto) else read_model(model)
     proto = fuse_gelu(proto)  # the erf form of GeLU becomes one op (tighter than its parts)

@@ -6,7 +6,7 @@ whose inputs are all constant never reach a converter (they are folded).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -14,8 +14,15 @@ import torch
 
 from bounds.onnx_import import ConversionError, ImportContext
 from bounds.ops.activation import Relu, Sigmoid, Tanh
-from bounds.ops.affine import (AddVar, ConstMatMulLeft, Conv, ElementwiseAffine, Linear,
-                               Rearrange, Reshape)
+from bounds.ops.affine import (
+    AddVar,
+    ConstMatMulLeft,
+    Conv,
+    ElementwiseAffine,
+    Linear,
+    Rearrange,
+    Reshape,
+)
 from bounds.ops.softmax import Softmax
 
 Converter = Callable[[ImportContext, onnx.NodeProto], None]

@@ -9,8 +9,8 @@ the parent, and the best bound per row is kept (every iterate is sound).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genbab: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error
-        sys.stdout = open(os.devnull, "w")
+        # point stdout at /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except KeyboardInterrupt:
         print("genbab: interrupted", file=sys.stderr)

@@ -75,7 +75,7 @@ class Config:
     bounds: BoundConfig = field(default_factory=BoundConfig)
     bab: BabConfig = field(default_factory=BabConfig)
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
     def resolved_device(self) -> str:
@@ -100,7 +100,7 @@ CHOICES = {
 POSITIVE = ("timeout", "attack.time_budget", "bounds.alpha_lr", "bab.lr")
 
 
-def validate(config: "Config") -> "Config":
+def validate(config: Config) -> Config:
     """Check enumerated and positive settings; raises ConfigError naming the key."""
     import math
 

@@ -236,13 +236,14 @@ def _to_list(m):
     return [] if m is None else [float(v) for v in m[0].tolist()]
 
 
-def verify(model_path: str | Path, spec: Spec, config: Config = Config()) -> Result:
-    """Verify ``spec`` on the ONNX model at ``model_path``."""
+def verify(model_path: str | Path, spec: Spec, config: Config | None = None) -> Result:
+    """Verify ``spec`` on the ONNX model at ``model_path`` (default config if None)."""
     import torch
 
     from bounds.onnx_import import compare_with_onnxruntime, load_onnx, read_model
     from genbab.check import OnnxRunner
 
+    config = Config() if config is None else config
     clock = _Clock(config.timeout)
     torch.manual_seed(config.seed)
     device = config.resolved_device()

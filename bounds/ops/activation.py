@@ -20,7 +20,7 @@ _TABLE_MAX = 60.0
 _TABLE_POINTS = 60001
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _limit_table(cls: type, device: str) -> Tensor:
     """d*(u) on a uniform grid of u in [0, _TABLE_MAX], float64 (a constant, cached)."""
     op = cls()

@@ -13,8 +13,8 @@ at once.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -58,7 +58,7 @@ class Op:
         """
         return {}
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Op":
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Op:
         """A copy with every tensor parameter moved; ops without tensors return self."""
         changes = {}
         for key, value in vars(self).items():

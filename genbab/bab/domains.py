@@ -29,7 +29,7 @@ class Domains:
     def __len__(self) -> int:
         return self.lower.shape[0]
 
-    def select(self, index: Tensor) -> "Domains":
+    def select(self, index: Tensor) -> Domains:
         def pick(t):
             return t[index]
         return Domains(
@@ -43,7 +43,7 @@ class Domains:
             pick(self.depth))
 
     @staticmethod
-    def cat(parts: list["Domains"]) -> "Domains":
+    def cat(parts: list[Domains]) -> Domains:
         parts = [p for p in parts if len(p)]
         first = parts[0]
         if len(parts) == 1:

@@ -9,7 +9,7 @@ counterexample at the halves' centres, and drop the proved halves.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
