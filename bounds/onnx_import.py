@@ -186,24 +186,11 @@ def load_onnx(model: str | Path | onnx.ModelProto) -> Graph:
         if out in ctx.constants or out not in ctx.samples:
             raise ModelError(f"output '{vi.name}' does not depend on the input")
         outputs.append(out)
-    used = set()
-    for out in outputs:
-        used |= _ancestors(ctx.nodes, out)
+    full = Graph(tuple(input_nodes) + tuple(ctx.nodes), tuple(n.name for n in input_nodes),
+                 tuple(outputs))
+    used = set().union(*(full.ancestors(out) for out in outputs))
     nodes = tuple(input_nodes) + tuple(n for n in ctx.nodes if n.name in used)
-    return Graph(nodes, tuple(n.name for n in input_nodes), tuple(outputs))
-
-
-def _ancestors(nodes: list[Node], name: str) -> set[str]:
-    by_name = {n.name: n for n in nodes}
-    seen, stack = set(), [name]
-    while stack:
-        cur = stack.pop()
-        if cur in seen:
-            continue
-        seen.add(cur)
-        if cur in by_name:
-            stack.extend(by_name[cur].inputs)
-    return seen
+    return Graph(nodes, full.inputs, full.outputs)
 
 
 def compare_with_onnxruntime(graph: Graph, proto: onnx.ModelProto, lower: np.ndarray,
