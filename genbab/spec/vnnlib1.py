@@ -116,6 +116,11 @@ def parse_vnnlib1(path: str | Path) -> Spec:
 
     I/O errors (missing file, no permission) propagate as ``OSError``.
     """
+    return parse_vnnlib1_text(read_text(path), str(path))
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a (possibly gzip-compressed) property file; OSError propagates."""
     source = str(path)
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
@@ -124,10 +129,9 @@ def parse_vnnlib1(path: str | Path) -> Spec:
         except (OSError, EOFError) as exc:
             raise SpecError(f"corrupt gzip data: {exc}", source) from exc
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"not UTF-8 text (byte offset {exc.start})", source) from exc
-    return parse_vnnlib1_text(text, source)
 
 
 def parse_vnnlib1_text(text: str, source: str = "<memory>") -> Spec:

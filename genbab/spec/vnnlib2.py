@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from genbab.spec.types import Spec, SpecError
+from genbab.spec.vnnlib1 import read_text  # one reader for both versions (gzip, UTF-8)
 
 REAL_TYPES = frozenset(("Real", "real"))  # the standard's type for real-arithmetic analysis
 ANALYSABLE_MODEL_TYPES = ("float32", "float64")  # model element types a `real` query may use
@@ -126,21 +127,6 @@ class Query:
 
 
 # ---- reading and version detection -----------------------------------------
-
-
-def read_text(path: str | Path) -> str:
-    """The text of a (possibly gzip-compressed) property file; OSError propagates."""
-    source = str(path)
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise SpecError(f"corrupt gzip data: {exc}", source) from exc
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text (byte offset {exc.start})", source) from exc
 
 
 def detect_version(text: str) -> str:
