@@ -39,6 +39,7 @@ class BoundConfig:
     alpha_lr: float = 0.1
     alpha_lr_decay: float = 0.98
     optimize_intermediate: bool = True  # alpha-CROWN also tightens intermediate bounds
+    intermediate_iterations: int = 10  # alpha steps per pre-activation (layer by layer)
     max_intermediate_batch: int = 2048  # neurons bounded per backward pass
 
 
@@ -71,6 +72,7 @@ class Config:
     timeout: float = 300.0
     seed: int = 0
     check_model: bool = True  # compare our graph with onnxruntime on load
+    quick: bool = True  # small models: torch-free IBP + sampling first (genbab.quick)
     attack: AttackConfig = field(default_factory=AttackConfig)
     bounds: BoundConfig = field(default_factory=BoundConfig)
     bab: BabConfig = field(default_factory=BabConfig)

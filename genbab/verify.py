@@ -178,6 +178,7 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats, runner):
                             alpha_iterations=b.alpha_iterations, alpha_lr=b.alpha_lr,
                             alpha_lr_decay=b.alpha_lr_decay,
                             optimize_intermediate=b.optimize_intermediate,
+                            intermediate_iterations=b.intermediate_iterations,
                             max_batch_neurons=b.max_intermediate_batch)
         t0 = time.monotonic()
         try:
@@ -238,13 +239,19 @@ def _to_list(m):
 
 def verify(model_path: str | Path, spec: Spec, config: Config | None = None) -> Result:
     """Verify ``spec`` on the ONNX model at ``model_path`` (default config if None)."""
+    config = Config() if config is None else config
+    clock = _Clock(config.timeout)
+    if config.quick:  # small models: a torch-free verdict first (None: it declined)
+        from genbab.quick import quick_verify
+
+        quick = quick_verify(model_path, spec, config, started=clock.start)
+        if quick is not None:
+            return quick
     import torch
 
     from bounds.onnx_import import compare_with_onnxruntime, load_onnx, read_model
     from genbab.check import OnnxRunner
 
-    config = Config() if config is None else config
-    clock = _Clock(config.timeout)
     torch.manual_seed(config.seed)
     device = config.resolved_device()
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
@@ -293,7 +300,7 @@ def verify(model_path: str | Path, spec: Spec, config: Config | None = None) -> 
 
 
 def _check_sizes(graph, spec: Spec) -> None:
-    from bounds.onnx_import import ModelError
+    from bounds.errors import ModelError
 
     n_in, n_out = graph.input_node.size, graph.output_node.size
     if spec.n_inputs != n_in:
