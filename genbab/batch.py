@@ -18,8 +18,14 @@ under a header row; counterexamples of ``sat`` rows go to
 ``<out stem>_logs/<name>.log``.  ``--resume`` skips the instances already in
 ``--out``, so after a kill nothing finished is lost or rerun.
 
-Exit codes: 0 done, 2 usage error, 3 unreadable instances or results CSV,
-130 interrupted (SIGINT/SIGTERM; finished rows are kept).
+``--ray [ADDRESS]`` runs the same jobs as Ray tasks instead of on local
+threads (``genbab.batch_ray``); both backends run each job with ``run_job``
+and write the results the same way, so the results file and ``--resume``
+do not depend on where the instances ran.
+
+Exit codes: 0 done, 2 usage error (also: ``--ray`` without Ray installed or
+no cluster at ADDRESS), 3 unreadable instances or results CSV, 130 interrupted
+(SIGINT/SIGTERM; finished rows are kept).
 """
 from __future__ import annotations
 
@@ -33,7 +39,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +66,10 @@ class BatchError(Exception):
     """Unreadable input or an --out that cannot be used: one message, exit 3."""
 
 
+class BatchUsageError(Exception):
+    """Options that cannot be used here (``--ray`` without Ray or cluster): one message, exit 2."""
+
+
 @dataclass(frozen=True)
 class Instance:
     """One row of instances.csv; paths as written there (relative to the root)."""
@@ -69,17 +81,31 @@ class Instance:
 
 @dataclass(frozen=True)
 class Job:
-    """Everything one worker needs to run one instance."""
+    """Everything one worker needs to run one instance.
+
+    The verifier's command line is built where the job runs (``verifier_argv``),
+    so a job can be shipped to another process or machine (``--ray``).
+    """
 
     instance: Instance
     name: str
     limit: float  # the instance's time limit T in seconds
-    command: list[str]
+    onnx: str  # absolute paths handed to the verifier
+    vnnlib: str
+    options: tuple[str, ...]  # further verifier options (--config, --device)
+    verifier_command: str | None  # verifier prefix (None: this interpreter's genbab)
     results_file: Path  # where the verifier writes (renamed to cex_file after sat)
     cex_file: Path
     log_file: Path
-    env: dict[str, str] | None
     kill_grace: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished job: its results row and a note for the progress output."""
+
+    row: dict[str, str]
+    note: str
 
 
 def inner_timeout(limit: float) -> float:
@@ -197,27 +223,35 @@ def output_paths(out: Path) -> tuple[Path, Path]:
     return Path(f"{base}_cex"), Path(f"{base}_logs")
 
 
-def make_jobs(instances: list[Instance], indices: list[int], args: argparse.Namespace,
-              out: Path) -> list[Job]:
-    """One job per pending instance: command line, files and limits."""
-    prefix, env = verifier_prefix(args.verifier_command)
+def verifier_argv(job: Job) -> tuple[list[str], dict[str, str] | None]:
+    """The command line and environment that run ``job``'s verifier from this process.
+
+    On Linux the verifier is started through a launcher that makes the kernel
+    kill it when this process dies.
+    """
+    prefix, env = verifier_prefix(job.verifier_command)
     if sys.platform.startswith("linux"):
         prefix = [sys.executable, "-S", "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *prefix]
+    return [*prefix, "verify", job.onnx, job.vnnlib, "--timeout", f"{inner_timeout(job.limit):g}",
+            "--results-file", str(job.results_file.resolve()), *job.options], env
+
+
+def make_jobs(instances: list[Instance], indices: list[int], args: argparse.Namespace,
+              out: Path) -> list[Job]:
+    """One job per pending instance: inputs, options, files and limits."""
     cex_dir, log_dir = output_paths(out)
     names = instance_names(instances)
     root = Path(args.root) if args.root else Path(args.instances).parent
+    options = ["--config", str(Path(args.config).resolve())] if args.config else []
+    options += ["--device", args.device] if args.device else []
     jobs = []
     for index in indices:
         inst, name = instances[index], names[index]
         limit = (args.timeout if args.timeout is not None else inst.timeout) * args.timeout_scale
-        results_file = cex_dir / f".{name}.{os.getpid()}.result"
-        command = [*prefix, "verify", str((root / inst.onnx).resolve()),
-                   str((root / inst.vnnlib).resolve()), "--timeout", f"{inner_timeout(limit):g}",
-                   "--results-file", str(results_file.resolve())]
-        command += ["--config", str(Path(args.config).resolve())] if args.config else []
-        command += ["--device", args.device] if args.device else []
-        jobs.append(Job(inst, name, limit, command, results_file,
-                        cex_dir / f"{name}.counterexample", log_dir / f"{name}.log", env,
+        jobs.append(Job(inst, name, limit, str((root / inst.onnx).resolve()),
+                        str((root / inst.vnnlib).resolve()), tuple(options),
+                        args.verifier_command, cex_dir / f".{name}.{os.getpid()}.result",
+                        cex_dir / f"{name}.counterexample", log_dir / f"{name}.log",
                         args.kill_grace))
     return jobs
 
@@ -276,11 +310,12 @@ def _wait_or_stop(proc: subprocess.Popen, job: Job) -> int | None:
 def run_process(job: Job, tracker: ProcessTracker) -> tuple[int | None, float]:
     """Run one verifier; (exit code or None when stopped at the limit, wall seconds)."""
     job.results_file.unlink(missing_ok=True)
+    command, env = verifier_argv(job)
     start = time.monotonic()
     with open(job.log_file, "wb") as log:
         try:
-            proc = subprocess.Popen(job.command, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=job.env,
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
         except OSError as exc:
             log.write(f"cannot start the verifier: {exc}\n".encode())
@@ -334,13 +369,17 @@ def outcome(job: Job, code: int | None) -> tuple[str, str]:
         job.results_file.unlink(missing_ok=True)
 
 
-def run_job(job: Job, tracker: ProcessTracker) -> tuple[dict[str, str], str]:
-    """Run one instance: (results row, note for the progress output)."""
+def run_job(job: Job, tracker: ProcessTracker) -> Outcome:
+    """Run one instance: its verifier with the outer kill, then its results row.
+
+    The one runner of both backends: the local pool calls it on a thread, a
+    Ray task (``genbab.batch_ray``) on whichever node runs the task.
+    """
     code, elapsed = run_process(job, tracker)
     result, note = outcome(job, code)
     row = {"onnx": job.instance.onnx, "vnnlib": job.instance.vnnlib, "prepare_time": "0",
            "result": result, "run_time": f"{elapsed:.3f}"}
-    return row, note
+    return Outcome(row, note)
 
 
 class Progress:
@@ -371,11 +410,30 @@ class Progress:
         self.bar.close()
 
 
-def _crash_row(job: Job, exc: BaseException) -> tuple[dict[str, str], str]:
+def crash_outcome(job: Job, exc: BaseException) -> Outcome:
     """An ``error`` row for a worker that failed outside the verifier."""
     row = {"onnx": job.instance.onnx, "vnnlib": job.instance.vnnlib, "prepare_time": "0",
            "result": "error", "run_time": "0.000"}
-    return row, f"runner failed: {type(exc).__name__}: {exc}"
+    return Outcome(row, f"runner failed: {type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event that SIGINT and SIGTERM set (instead of stopping the process) while inside."""
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda signum, frame: stop.set())
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def record(out: Path, job: Job, result: Outcome, progress: Progress) -> None:
+    """Append a finished job's row to the results file and count it."""
+    append_row(out, result.row)
+    progress.add(result.row, job.name, result.note)
 
 
 def run_batch(jobs: list[Job], workers: int, out: Path, progress: Progress) -> bool:
@@ -385,32 +443,27 @@ def run_batch(jobs: list[Job], workers: int, out: Path, progress: Progress) -> b
     a row is never half written; then the running verifiers are killed and
     their (unfinished) instances are left for ``--resume``.
     """
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda signum, frame: stop.set())
-                for s in (signal.SIGINT, signal.SIGTERM)}
     tracker = ProcessTracker()
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    try:
-        futures = {pool.submit(run_job, job, tracker): job for job in jobs}
-        running = set(futures)
-        while running and not stop.is_set():
-            finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
-            for future in finished:
-                job = futures[future]
-                try:
-                    row, note = future.result()
-                except Exception as exc:  # noqa: BLE001 - one instance never stops the batch
-                    row, note = _crash_row(job, exc)
-                append_row(out, row)
-                progress.add(row, job.name, note)
-    finally:
-        if stop.is_set():
-            pool.shutdown(wait=False, cancel_futures=True)
-            tracker.kill_all()
-        pool.shutdown(wait=True)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return stop.is_set()
+    with stop_on_signals() as stop:
+        try:
+            futures = {pool.submit(run_job, job, tracker): job for job in jobs}
+            running = set(futures)
+            while running and not stop.is_set():
+                finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # noqa: BLE001 - one instance never stops the batch
+                        result = crash_outcome(job, exc)
+                    record(out, job, result, progress)
+        finally:
+            if stop.is_set():
+                pool.shutdown(wait=False, cancel_futures=True)
+                tracker.kill_all()
+            pool.shutdown(wait=True)
+        return stop.is_set()
 
 
 def add_batch_parser(subparsers) -> argparse.ArgumentParser:
@@ -436,6 +489,14 @@ def fill_batch_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device for every run")
     p.add_argument("--kill-grace", type=float, default=5.0, metavar="S",
                    help="seconds past an instance's timeout before it is killed")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run the instances as Ray tasks on the cluster at ADDRESS (host:port, "
+                        "ray://host:port; default: as ray.init()); needs genbab[ray] and the "
+                        "instance files at the same paths on every node")
+    p.add_argument("--ray-cpus", type=float, metavar="N",
+                   help="with --ray: CPUs each instance reserves on its node (default 1)")
+    p.add_argument("--ray-gpus", type=float, metavar="N",
+                   help="with --ray: GPUs each instance reserves on its node (default 0)")
     p.add_argument("--command", dest="verifier_command",  # verifier prefix, for tests
                    help=argparse.SUPPRESS)
 
@@ -448,6 +509,11 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--timeout must be positive"
     if args.timeout_scale <= 0 or args.kill_grace < 0:
         return "--timeout-scale must be positive and --kill-grace not negative"
+    ray_shares = [v for v in (args.ray_cpus, args.ray_gpus) if v is not None]
+    if ray_shares and args.ray is None:
+        return "--ray-cpus and --ray-gpus need --ray"
+    if any(v < 0 for v in ray_shares):
+        return "--ray-cpus and --ray-gpus must not be negative"
     return None
 
 
@@ -467,9 +533,31 @@ def _print_summary(rows: list[dict[str, str]], label: str) -> None:
     print(report.format_table(report.summarise(records)))
 
 
+def _run_jobs(jobs: list[Job], args: argparse.Namespace, out: Path, progress: Progress) -> bool:
+    """Run the jobs on local threads or, with ``--ray``, on Ray; True when interrupted."""
+    if args.ray is None:
+        return run_batch(jobs, args.workers, out, progress)
+    from genbab import batch_ray
+
+    return batch_ray.run_batch(jobs, batch_ray.RayOptions.from_args(args), out, progress)
+
+
+def _ray_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--ray`` cannot be used (Ray not installed, nobody at ADDRESS), or None."""
+    if args.ray is None:
+        return None
+    from genbab.batch_ray import preflight
+
+    try:
+        preflight(args.ray)
+    except BatchUsageError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     """Run the batch described by ``args``; returns the exit code."""
-    problem = _check_args(args)
+    problem = _check_args(args) or _ray_problem(args)
     if problem:
         print(f"genbab batch: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
@@ -487,10 +575,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     jobs = make_jobs(instances, pending, args, out)
     print(f"genbab batch: {len(instances)} instance(s), {len(done)} already in {out}, "
-          f"{len(jobs)} to run, {args.workers} at a time", file=sys.stderr)
+          f"{len(jobs)} to run, {args.workers} at a time"
+          f"{'' if args.ray is None else ' on Ray'}", file=sys.stderr)
     progress = Progress(len(instances), done)
     try:
-        interrupted = run_batch(jobs, args.workers, out, progress)
+        interrupted = _run_jobs(jobs, args, out, progress)
+    except BatchUsageError as exc:
+        progress.close()
+        print(f"genbab batch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         progress.close()
     rows = read_done_rows(out)
@@ -515,4 +608,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the imported genbab.batch, not this __main__ copy: batch_ray shares its classes
+    from genbab.batch import main as batch_main
+
+    sys.exit(batch_main())
