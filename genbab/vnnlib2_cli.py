@@ -20,9 +20,14 @@ the middle of a long native call (importing torch, a bound computation).
 Exit codes: 0 a verdict, 1 internal error, 2 usage error (bad arguments), 3
 invalid input -- the error conditions of the standard (a missing or surplus
 ``--network``, element types that differ from the model's, a type genbab
-cannot analyse soundly), a malformed query, an unreadable model, and queries
-that do not reduce to one network with one input and one output.  On every
-error stdout stays empty.
+cannot analyse soundly), a malformed query, an unreadable model, declarations
+that do not match their model (counts, shapes, a hidden node naming no
+tensor), and queries genbab cannot reduce (non-linear arithmetic, an input
+element without constant bounds).  On every error stdout stays empty.
+
+Queries over several networks, several inputs or outputs, or hidden nodes
+run on one model composed for the query (``genbab.spec.compose``), written to
+a temporary folder that the parent process removes.
 
 Element types: genbab's bounds are computed in floating point without
 directed rounding, so it is sound for real arithmetic only: it supports the
@@ -37,6 +42,7 @@ import os
 import select
 import signal
 import sys
+import tempfile
 import time
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
@@ -62,11 +68,11 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "--onnx-operators": (),  # filled from bounds.onnx_registry when asked
     "--onnx-operators-unsat-proofs": (),  # no unsat proofs
     "--vnnlib-versions": VNNLIB_VERSIONS,
-    "--hidden-node-theories": ("NH",),
-    "--multiple-input-output-theories": ("SIO",),
-    "--multiple-network-theories": ("SNET",),
-    "--multiple-node-comparison-theories": ("SNC",),
-    "--arithmetic-complexity-theories": ("BND", "OUTC"),
+    "--hidden-node-theories": ("NH", "H"),
+    "--multiple-input-output-theories": ("SIO", "MIO"),
+    "--multiple-network-theories": ("SNET", "MENET", "MINET", "MNET"),
+    "--multiple-node-comparison-theories": ("SNC", "MNC"),
+    "--arithmetic-complexity-theories": ("BND", "OUTC", "LIN"),
     "--optimised-disjunctive-reasoning": ("false",),  # disjunctions become DNF
     "--serialise-assignments": ("true",),
     "--unsat-proofs": ("false",),
@@ -165,28 +171,29 @@ def main_vnnlib2(argv: list[str]) -> int:
     timeout = args.timeout if args.timeout is not None else config.timeout
     deadline = start + timeout
     pipeline_end = deadline - min(0.5, 0.1 * timeout)  # time left to report the verdict
+    with tempfile.TemporaryDirectory(prefix="genbab-") as scratch:  # a composed model goes here
 
-    def work() -> tuple[int, str]:
-        return _run(args, networks, config, pipeline_end)
+        def work() -> tuple[int, str]:
+            return _run(args, networks, config, pipeline_end, scratch)
 
-    try:
-        if hasattr(os, "fork") and "torch" not in sys.modules:  # forking torch's threads hangs
-            return _supervise(work, deadline)
-        code, text = work()  # in process: only the pipeline's own deadline applies
-        _write_all(1, text)
-        return code
-    except BrokenPipeError:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - reader went away: not an error
-        return EXIT_OK
+        try:
+            if hasattr(os, "fork") and "torch" not in sys.modules:  # forking torch's threads hangs
+                return _supervise(work, deadline)
+            code, text = work()  # in process: only the pipeline's own deadline applies
+            _write_all(1, text)
+            return code
+        except BrokenPipeError:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - reader went away: not an error
+            return EXIT_OK
 
 
-def _run(args, networks: dict[str, str], config, end: float) -> tuple[int, str]:
+def _run(args, networks: dict[str, str], config, end: float, scratch: str) -> tuple[int, str]:
     """The whole verification, to stop by ``end``: (exit code, text for stdout).
 
-    Messages go to stderr.
+    Messages go to stderr; a composed model is written into ``scratch``.
     """
     try:
-        problem = _load(args.query, networks)
+        problem = _load(args.query, networks, scratch)
         remaining = max(end - time.monotonic(), 1e-3)
         with contextlib.redirect_stdout(sys.stderr):
             verdict, lines = _solve(problem, config.replace(timeout=remaining),
@@ -298,16 +305,16 @@ def _network_options(values: list[str]) -> dict[str, str]:
     return networks
 
 
-def _load(path: str, networks: dict[str, str]):
+def _load(path: str, networks: dict[str, str], scratch: str):
     from pathlib import Path
 
+    from genbab.spec.compose import load_problem
     from genbab.spec.types import SpecError
-    from genbab.spec.vnnlib2 import load_problem
 
     if not Path(path).is_file():
         raise InputError(f"{path}: no such query file")
     try:
-        return load_problem(path, networks)
+        return load_problem(path, networks, scratch)
     except SpecError as exc:
         raise InputError(str(exc)) from None
     except OSError as exc:
@@ -316,10 +323,10 @@ def _load(path: str, networks: dict[str, str]):
 
 def _solve(problem, config, serialise_dir: str | None) -> tuple[str, list[str]]:
     """Run the pipeline; the verdict and the lines that follow it on stdout."""
-    from bounds.onnx_import import ModelError
+    from bounds.errors import ModelError
     from genbab.verify import verify
 
-    if config.resolved_device() == "cuda":
+    if config.device == "cuda":  # "auto" picks cuda only where it is available: no torch here
         import torch
 
         if not torch.cuda.is_available():

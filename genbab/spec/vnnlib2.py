@@ -1,4 +1,4 @@
-"""VNN-LIB 2.0 front end: a query to our canonical ``Spec`` plus its variable map.
+"""VNN-LIB 2.0 front end: a query, the layout of its elements, and its canonical ``Spec``.
 
 A 2.0 query declares networks (``declare-network``) with typed, shaped
 tensor variables (``declare-input``, ``declare-hidden``, ``declare-output``)
@@ -6,31 +6,51 @@ and asserts formulas over their elements; any assignment satisfying every
 ``assert`` is a satisfying assignment (a counterexample).  The text is parsed
 and type-checked by the ``vnnlib`` package (the standard's own parser); this
 module turns its AST into a small formula tree of its own (``Atom`` /
-``Connective``), then lowers that tree to VNN-LIB 1.0 text over the flattened
-input ``X_i`` and output ``Y_j`` and hands it to ``genbab.spec.vnnlib1``, so
-that DNF, boxes and disjunct grouping follow exactly one implementation.
+``Connective``), places every declared element in one flat input vector X
+and one flat output vector Y (``plan_layout``), then lowers the formulas to
+VNN-LIB 1.0 text over ``X_i`` and ``Y_j`` and hands it to
+``genbab.spec.vnnlib1``, so that DNF, boxes and disjunct grouping follow
+exactly one implementation.  ``genbab.spec.compose`` builds the model that
+maps X to Y.
 
-What reduces to the single-network pipeline (and is accepted by ``to_spec``)
-    * one network, without ``equal-to`` / ``isomorphic-to`` (theory SNET);
-    * one input and one output declaration (SIO), no hidden node (NH);
-    * atoms over inputs only bound one input element; atoms over outputs only
-      are any linear row; no atom mixes inputs and outputs (SNC, OUTC);
-    * linear arithmetic only (``*`` with at most one non-constant factor).
-  ``unsupported_features`` names everything else, with the theory it needs.
+The layout (what makes any number of networks, inputs, outputs and hidden
+nodes look like one network with one input and one output)
+    * X holds every *distinct* input element, in declaration order.  A
+      top-level assertion ``(== A[i] B[j])`` between two input elements makes
+      them one element of X: an exact substitution, since every satisfying
+      assignment has them equal.
+    * Every network is one application of a model.  An ``equal-to`` network
+      runs the model of the network it names, on its own inputs; when those
+      are, element for element, the same elements of X, it is the *same*
+      application (same values everywhere), so its outputs and hidden nodes
+      share Y entries with the other's -- ``(- Y[0] B[0])`` then cancels
+      exactly instead of being bounded from two separately relaxed copies.
+      ``isomorphic-to`` networks have their own models (``--network``).
+    * Y holds, in declaration order, the outputs and the hidden nodes of
+      every application and, when some atom needs it, a copy of all of X.
+    * An atom over one input element (after substitution) is a bound of the
+      input box.  Any other atom that involves inputs (several input
+      elements, or inputs together with hidden nodes or outputs) reads the
+      inputs from the copy of X in Y, and so becomes a row like any output
+      constraint (theories LIN, MNC).  Every input element still needs finite
+      constant bounds: the input box is what the analysis splits.  Only the
+      inputs of an application that no assertion mentions at all may be
+      free: they are set to 0, since any value does.
 
 Relaxations, and how soundness is kept
     * ``<`` and ``>`` are read as ``<=`` and ``>=``, and ``!=`` as true; both
       only enlarge the set searched for a counterexample, so ``unsat`` stays
       sound.  A ``sat`` assignment must then pass ``holds``, which evaluates
       every assertion exactly as written (strict comparisons, ``!=``).
+      Atoms whose variables all cancel are evaluated exactly.
 
 Element numbering: a tensor element ``V[i, j, ...]`` is the row-major flat
 index of its indices in the declared shape, which is also how the model's
-input and output tensors are flattened.
+tensors are flattened.  Only linear arithmetic is accepted (``*`` with at
+most one non-constant factor).
 """
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import operator
@@ -44,7 +64,6 @@ from genbab.spec.types import Spec, SpecError
 from genbab.spec.vnnlib1 import read_text  # one reader for both versions (gzip, UTF-8)
 
 REAL_TYPES = frozenset(("Real", "real"))  # the standard's type for real-arithmetic analysis
-ANALYSABLE_MODEL_TYPES = ("float32", "float64")  # model element types a `real` query may use
 
 _VERSION_2_RE = re.compile(r"^[^;\n]*\(\s*(?:vnnlib-version|declare-network)\b", re.MULTILINE)
 _SYNTAX_RE = re.compile(r"syntax error at line (\d+), column (\d+): '(.*)'", re.DOTALL)
@@ -228,59 +247,222 @@ def _package_error(text: str, source: str) -> SpecError:
     return SpecError(message, source, first.get("line"))
 
 
-# ---- what reduces to one network with one input and one output -------------
+# ---- the layout: every declared element in the flat X or Y ----------------
 
 
-def unsupported_features(query: Query) -> list[str]:
-    """Why the query does not reduce to our single-network pipeline (empty: it does)."""
-    problems = []
-    if len(query.networks) != 1:
-        problems.append(f"{len(query.networks)} networks are declared; genbab verifies queries "
-                        "over a single network (theory SNET)")
+@dataclass(frozen=True)
+class Application:
+    """One application of a model: the networks that share it, and its inputs in X."""
+
+    networks: tuple[str, ...]  # in declaration order; the first one owns it
+    model_of: str  # the network whose ``--network`` model it runs (equal-to target or itself)
+    inputs: tuple[tuple[int, ...], ...]  # per declared input: the X index of each element
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A contiguous piece of Y: one tensor of one application, or the copy of X."""
+
+    start: int
+    size: int
+    application: int | None  # None for the copy of X
+    kind: str  # output | hidden | copy
+    output: int = -1  # output: its position among the network's outputs
+    onnx_name: str = ""  # hidden: the ONNX tensor
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every declared element lives in the model input X and the output Y.
+
+    ``x[v]`` gives, for input variable ``v`` (its number in declaration
+    order), the X index of each element; ``y[v]`` the Y index of the first
+    element of a hidden or output variable (its elements follow in order).
+    """
+
+    x: tuple[tuple[int, ...] | None, ...]
+    y: tuple[int | None, ...]
+    n_x: int
+    n_y: int
+    applications: tuple[Application, ...]
+    slots: tuple[Slot, ...]
+    copy_start: int | None = None  # Y index of the copy of X, if there is one
+    unused: tuple[int, ...] = ()  # X indices of applications no assertion mentions
+
+    @property
+    def single_model(self) -> bool:
+        """Whether X and Y are exactly the input and output of one model (no composition)."""
+        if len(self.applications) != 1 or len(self.slots) != 1:
+            return False
+        app, slot = self.applications[0], self.slots[0]
+        return app.inputs == (tuple(range(self.n_x)),) and slot.kind == "output" \
+            and slot.output == 0
+
+    def terms(self, atom: Atom) -> tuple[dict[int, float], dict[int, float]]:
+        """The atom's coefficients over X and over Y (zeros dropped).
+
+        Inputs go to X when the atom is a bound of one input element, else to
+        the copy of X in Y (``copy_start`` is then set by ``plan_layout``).
+        """
+        x_terms, y_terms = _mapped_terms(atom, self.x, self.y)
+        if x_terms and (y_terms or len(x_terms) > 1):
+            for k, c in x_terms.items():
+                y_terms[self.copy_start + k] = y_terms.get(self.copy_start + k, 0.0) + c
+            x_terms = {}
+        return x_terms, {j: c for j, c in y_terms.items() if c != 0.0}
+
+    def element(self, letter: str, index: int, variables: tuple[Variable, ...]) -> str:
+        """The 2.0 spelling of ``X_index`` / ``Y_index``, e.g. ``B[0,3]``."""
+        if letter == "Y" and self.copy_start is not None and index >= self.copy_start:
+            letter, index = "X", index - self.copy_start
+        for v, var in enumerate(variables):
+            if letter == "X" and self.x[v] is not None and index in self.x[v]:
+                return var.element(self.x[v].index(index))
+            start = self.y[v]
+            if letter == "Y" and start is not None and start <= index < start + var.size:
+                return var.element(index - start)
+        return f"{letter}_{index}"
+
+
+def plan_layout(query: Query) -> Layout:
+    """Place every declared element of ``query`` in X or Y (see the module docstring)."""
+    variables = query.variables
+    number = {v.name: i for i, v in enumerate(variables)}
+    x = _input_indices(query)
+    n_x = 1 + max((k for ks in x if ks for k in ks), default=-1)
+    applications: list[Application] = []
+    application_of: dict[str, int] = {}
     for net in query.networks:
-        if net.equal_to or net.isomorphic_to:
-            relation = "equal-to" if net.equal_to else "isomorphic-to"
-            problems.append(f"network '{net.name}' is declared {relation} "
-                            f"'{net.equal_to or net.isomorphic_to}' (theories MENET/MINET)")
-        hidden = net.of_kind("hidden")
-        if hidden:
-            problems.append(f"network '{net.name}' declares hidden node(s) "
-                            f"{', '.join(v.name for v in hidden)} (theory H)")
-        for kind in ("input", "output"):
-            count = len(net.of_kind(kind))
-            if count != 1:
-                problems.append(f"network '{net.name}' declares {count} {kind}s; genbab needs "
-                                f"exactly one input and one output (theory SIO)")
-    return problems
+        model_of = net.equal_to or net.name
+        inputs = tuple(x[number[v.name]] for v in net.of_kind("input"))
+        for a, app in enumerate(applications):
+            if (app.model_of, app.inputs) == (model_of, inputs):
+                applications[a] = Application(app.networks + (net.name,), model_of, inputs)
+                break
+        else:
+            a = len(applications)
+            applications.append(Application((net.name,), model_of, inputs))
+        application_of[net.name] = a
+    slots: list[Slot] = []
+    where: dict[tuple, int] = {}
+    y: list[int | None] = [None] * len(variables)
+    n_y = 0
+    for net in query.networks:
+        a = application_of[net.name]
+        outputs = net.of_kind("output")
+        for var in net.of_kind("hidden") + outputs:  # declaration order
+            new = Slot(n_y, var.size, a, "hidden", onnx_name=var.onnx_name or "") \
+                if var.kind == "hidden" else Slot(n_y, var.size, a, "output",
+                                                  output=outputs.index(var))
+            y[number[var.name]], n_y = _slot(slots, where, n_y, var, new)
+    copy_start = None
+    if any(xs and (ys or len(xs) > 1) for xs, ys in
+           (_mapped_terms(atom, x, y) for atom in _atoms(query.assertions))):
+        copy_start = n_y
+        slots.append(Slot(n_y, n_x, None, "copy"))
+        n_y += n_x
+    mentioned = {v for atom in _atoms(query.assertions) for v, _, _ in atom.terms}
+    unused = tuple(k for app in applications
+                   if not any(number[var.name] in mentioned for net in query.networks
+                              if net.name in app.networks for var in net.variables)
+                   for ks in app.inputs for k in ks)
+    return Layout(tuple(x), tuple(y), n_x, n_y, tuple(applications), tuple(slots), copy_start,
+                  unused)
 
 
-def to_spec(query: Query) -> Spec:
-    """The canonical ``Spec`` of a single-network, single-input, single-output query.
+def _slot(slots: list[Slot], where: dict, n_y: int, var: Variable, new: Slot):
+    """The Y start of ``var``: a slot for the same tensor of the same application, or ``new``."""
+    key = (new.application, new.kind, new.output, new.onnx_name, var.shape)
+    if key in where:
+        return where[key], n_y
+    where[key] = n_y
+    slots.append(new)
+    return n_y, n_y + var.size
 
-    Raises ``SpecError`` for atoms it cannot express (input constraints other
-    than bounds of one element, atoms mixing inputs and outputs) and for what
-    ``genbab.spec.vnnlib1`` rejects (an input without finite bounds, ...).
+
+def _input_indices(query: Query) -> list[tuple[int, ...] | None]:
+    """Per variable, the X index of each input element (None for hidden and output)."""
+    variables = query.variables
+    parent: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def root(e):
+        while parent.get(e, e) != e:
+            e = parent[e]
+        return e
+
+    for formula in _conjuncts(query.assertions):
+        pair = _alias(formula, variables)
+        if pair is not None:
+            a, b = root(pair[0]), root(pair[1])
+            parent[max(a, b)] = min(a, b)  # the class's first element is its root
+    index: dict[tuple[int, int], int] = {}
+    x: list[tuple[int, ...] | None] = []
+    for v, var in enumerate(variables):
+        if var.kind != "input":
+            x.append(None)
+            continue
+        x.append(tuple(index.setdefault(root((v, e)), len(index)) for e in range(var.size)))
+    return x
+
+
+def _alias(formula, variables: tuple[Variable, ...]):
+    """The two input elements of ``(== A[i] B[j])`` (any equal scale), else None."""
+    if not isinstance(formula, Atom) or formula.op != "==" or formula.constant != 0.0 \
+            or len(formula.terms) != 2:
+        return None
+    (v1, e1, c1), (v2, e2, c2) = formula.terms
+    if c1 != -c2 or variables[v1].kind != "input" or variables[v2].kind != "input":
+        return None
+    return (v1, e1), (v2, e2)
+
+
+def _mapped_terms(atom: Atom, x, y) -> tuple[dict[int, float], dict[int, float]]:
+    """Coefficients by X index (inputs) and by Y index (hidden, outputs), zeros dropped."""
+    x_terms: dict[int, float] = {}
+    y_terms: dict[int, float] = {}
+    for v, flat, c in atom.terms:
+        if x[v] is not None:
+            x_terms[x[v][flat]] = x_terms.get(x[v][flat], 0.0) + c
+        else:
+            y_terms[y[v] + flat] = y_terms.get(y[v] + flat, 0.0) + c
+    return ({k: c for k, c in x_terms.items() if c != 0.0},
+            {j: c for j, c in y_terms.items() if c != 0.0})
+
+
+def _atoms(formulas):
+    for formula in formulas:
+        if isinstance(formula, Connective):
+            yield from _atoms(formula.args)
+        else:
+            yield formula
+
+
+# ---- lowering to the canonical form ----------------------------------------
+
+
+def to_spec(query: Query, layout: Layout | None = None) -> Spec:
+    """The canonical ``Spec`` of ``query`` over the flat X and Y of ``layout``.
+
+    ``layout`` defaults to ``plan_layout(query)``.  Raises ``SpecError`` for
+    what ``genbab.spec.vnnlib1`` rejects (an input element without finite
+    bounds, too many DNF terms, ...), naming the 2.0 element and line.
     """
     from genbab.spec.vnnlib1 import parse_vnnlib1_text
 
-    problems = unsupported_features(query)
-    if problems:
-        raise SpecError("unsupported query: " + "; ".join(problems), query.source)
-    (net,) = query.networks
-    x, y = net.of_kind("input")[0], net.of_kind("output")[0]
-    letter = {query.variables.index(x): "X", query.variables.index(y): "Y"}
-    lines = [f"(declare-const X_{i} Real)" for i in range(x.size)]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(y.size)]
+    layout = plan_layout(query) if layout is None else layout
+    lines = [f"(declare-const X_{i} Real)" for i in range(layout.n_x)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(layout.n_y)]
+    lines += [f"(assert (= X_{k} 0.0))" for k in layout.unused]  # any value does: take 0
     origin = [None] * len(lines)  # 2.0 line of each lowered line
     for formula in _conjuncts(query.assertions):  # one per line: vnnlib1's fast path
-        lines.append(f"(assert {_lower(formula, letter, query)})")
+        lines.append(f"(assert {_lower(formula, layout)})")
         origin.append(_first_line(formula))
     try:
         return parse_vnnlib1_text("\n".join(lines), query.source)
     except SpecError as exc:
         line = origin[exc.line - 1] if exc.line is not None else None
-        reason = _FLAT_NAME_RE.sub(lambda m: (x if m.group(1) == "X" else y).element(
-            int(m.group(2))), exc.reason)
+        reason = _FLAT_NAME_RE.sub(
+            lambda m: layout.element(m.group(1), int(m.group(2)), query.variables), exc.reason)
         raise SpecError(reason, query.source, line) from None
 
 
@@ -293,30 +475,25 @@ def _conjuncts(formulas):
             yield formula
 
 
-def _lower(formula, letter: dict[int, str], query: Query) -> str:
+def _lower(formula, layout: Layout) -> str:
     """VNN-LIB 1.0 text of one formula over the flat ``X_i`` / ``Y_j``."""
     if isinstance(formula, Connective):
-        return f"({formula.op} {' '.join(_lower(a, letter, query) for a in formula.args)})"
+        return f"({formula.op} {' '.join(_lower(a, layout) for a in formula.args)})"
+    x_terms, y_terms = layout.terms(formula)
+    terms = [("X", k, c) for k, c in x_terms.items()] + [("Y", j, c) for j, c in y_terms.items()]
+    if not terms:  # every variable cancelled: the atom is a constant, evaluate it exactly
+        return "(<= 0 0)" if _EXACT[formula.op](formula.constant, 0.0) else "(<= 1 0)"
     if formula.op == "!=":
         return "(<= 0 0)"  # relaxed to true; ``holds`` checks the real thing
-    kinds = {letter[v] for v, _, _ in formula.terms}
-    if kinds == {"X", "Y"}:
-        raise SpecError("unsupported: a constraint relating inputs and outputs (theory MNC); "
-                        "only input bounds and constraints over outputs are supported",
-                        query.source, formula.line)
-    if kinds == {"X"} and len(formula.terms) > 1:
-        raise SpecError("unsupported: a linear constraint over several input elements "
-                        "(theory LIN); inputs may only be bounded one element at a time",
-                        query.source, formula.line)
     op = _LOWERED[formula.op]
-    if len(formula.terms) == 1 and abs(formula.terms[0][2]) == 1.0:
-        v, flat, c = formula.terms[0]
+    if len(terms) == 1 and abs(terms[0][2]) == 1.0:
+        letter, index, c = terms[0]
         if c < 0:
             op = {"<=": ">=", ">=": "<=", "=": "="}[op]
-        return f"({op} {letter[v]}_{flat} {_number(-formula.constant * c)})"
-    parts = [f"(* {_number(c)} {letter[v]}_{flat})" for v, flat, c in formula.terms]
+        return f"({op} {letter}_{index} {_number(-formula.constant * c)})"
+    parts = [f"(* {_number(c)} {letter}_{index})" for letter, index, c in terms]
     parts.append(_number(formula.constant))
-    return f"({op} (+ {' '.join(parts)}) 0)" if len(parts) > 1 else f"({op} {parts[0]} 0)"
+    return f"({op} (+ {' '.join(parts)}) 0)"
 
 
 def _number(value: float) -> str:
@@ -348,197 +525,3 @@ def _holds(formula, flat: list[np.ndarray]) -> bool:
         return test(_holds(a, flat) for a in formula.args)
     total = math.fsum([c * float(flat[v][i]) for v, i, c in formula.terms] + [formula.constant])
     return _EXACT[formula.op](total, 0.0)
-
-
-# ---- the network mapping: query + --network options -> one verification problem --
-
-
-@dataclass(frozen=True)
-class ModelTensor:
-    """One input or output of an ONNX graph: element type (VNN-LIB name) and dims."""
-
-    name: str
-    type_name: str  # float32, float64, int64, ...
-    dims: tuple[int | None, ...] | None  # None: no shape recorded; None dim: symbolic
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A query reduced to one model, one flat input box set and one flat output.
-
-    ``variables`` are the declared variables in declaration order; for a 1.0
-    query they are the scalars ``X_i`` and ``Y_j``.  ``query`` is None for 1.0.
-    """
-
-    spec: Spec
-    model_path: str
-    variables: tuple[Variable, ...]
-    model_input: ModelTensor
-    model_output: ModelTensor
-    query: Query | None = None
-
-    def assignment(self, x: np.ndarray, y: np.ndarray) -> list[tuple[Variable, np.ndarray]]:
-        """Each declared variable with its values (flat, row-major) for input ``x``."""
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        y = np.asarray(y, dtype=np.float64).reshape(-1)
-        if self.query is None:  # scalars X_0 .. X_n-1, Y_0 .. Y_m-1
-            values = np.concatenate([x, y])
-            return [(v, values[i:i + 1]) for i, v in enumerate(self.variables)]
-        return [(v, x if v.kind == "input" else y) for v in self.variables]
-
-    def model_type(self, variable: Variable) -> str:
-        """The element type of the model tensor behind ``variable``."""
-        return (self.model_input if variable.kind == "input" else self.model_output).type_name
-
-    def holds(self, x: np.ndarray, y: np.ndarray) -> bool:
-        """Whether the query, exactly as written, holds at input ``x`` with output ``y``."""
-        if self.query is None:
-            return True  # 1.0: ``genbab.check`` confirmed the rows; nothing was relaxed
-        return holds(self.query, {v.name: values for v, values in self.assignment(x, y)})
-
-
-def load_problem(path: str | Path, networks: dict[str, str]) -> Problem:
-    """Parse the query at ``path`` (1.0 or 2.0) and map it onto the ``--network`` models.
-
-    Raises ``SpecError`` for every error condition of the standard (missing or
-    surplus networks, element types that differ from the model or that genbab
-    cannot analyse soundly), for queries it cannot reduce and for unreadable
-    models; ``OSError`` when the query cannot be read.
-    """
-    text = read_text(path)
-    if detect_version(text) == "1.0":
-        return _load_vnnlib1(text, str(path), networks)
-    return problem_for_query(parse_query_text(text, str(path)), networks)
-
-
-def load_spec_for_model(path: str | Path, model_path: str | Path) -> Spec:
-    """The ``Spec`` of a 1.0 or 2.0 property file for one model (``genbab verify MODEL SPEC``).
-
-    Every network a 2.0 query declares is mapped to ``model_path``; the checks
-    of ``load_problem`` apply (a query over several networks is refused).
-    """
-    text = read_text(path)
-    if detect_version(text) == "1.0":
-        from genbab.spec.vnnlib1 import parse_vnnlib1_text
-
-        return parse_vnnlib1_text(text, str(path))
-    query = parse_query_text(text, str(path))
-    names = [net.name for net in query.networks if not net.equal_to]
-    return problem_for_query(query, dict.fromkeys(names, str(model_path))).spec
-
-
-def problem_for_query(query: Query, networks: dict[str, str]) -> Problem:
-    """Map a parsed 2.0 query onto the models named by ``networks`` (see ``load_problem``)."""
-    _check_mapping(query, networks)
-    problems = unsupported_features(query)
-    if problems:
-        raise SpecError("unsupported query: " + "; ".join(problems), query.source)
-    (net,) = query.networks
-    model_path = networks[net.name]
-    model_input, model_output = _model_io(model_path)
-    x, y = net.of_kind("input")[0], net.of_kind("output")[0]
-    for var, tensor in ((x, model_input), (y, model_output)):
-        _check_tensor(var, tensor, model_path, query.source)
-    return Problem(to_spec(query), model_path, net.variables, model_input, model_output, query)
-
-
-def _load_vnnlib1(text: str, source: str, networks: dict[str, str]) -> Problem:
-    from genbab.spec.vnnlib1 import parse_vnnlib1_text
-
-    if len(networks) != 1:
-        raise SpecError(f"a VNN-LIB 1.0 property concerns one network: give exactly one "
-                        f"--network NAME=MODEL (got {len(networks)})", source)
-    (model_path,) = networks.values()
-    spec = parse_vnnlib1_text(text, source)
-    model_input, model_output = _model_io(model_path)
-    for tensor in (model_input, model_output):
-        if tensor.type_name not in ANALYSABLE_MODEL_TYPES:
-            raise SpecError(f"{model_path}: {tensor.name} has element type {tensor.type_name}; "
-                            f"genbab analyses {' and '.join(ANALYSABLE_MODEL_TYPES)} models")
-    variables = tuple(Variable(f"{letter}_{i}", kind, "Real", (), "")
-                      for letter, kind, n in (("X", "input", spec.n_inputs),
-                                              ("Y", "output", spec.n_outputs))
-                      for i in range(n))
-    return Problem(spec, model_path, variables, model_input, model_output)
-
-
-def _check_mapping(query: Query, networks: dict[str, str]) -> None:
-    declared = [n.name for n in query.networks]
-    needed = [n.name for n in query.networks if not n.equal_to]
-    missing = [name for name in needed if name not in networks]
-    surplus = [name for name in networks if name not in needed]
-    problems = []
-    if missing:
-        problems.append("no --network given for " + ", ".join(f"'{n}'" for n in missing))
-    for name in surplus:
-        why = "is declared equal-to another network" if name in declared else \
-            "is not declared in the query"
-        problems.append(f"--network {name}: network '{name}' {why}")
-    if problems:
-        raise SpecError("; ".join(problems), query.source)
-
-
-def _model_io(model_path: str) -> tuple[ModelTensor, ModelTensor]:
-    """The single input and single output of the ONNX model (``SpecError`` otherwise).
-
-    Reads the graph with ``onnx`` alone: error paths stay free of torch.
-    """
-    try:
-        raw = Path(model_path).read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError) as exc:
-        raise SpecError(f"cannot read model ({getattr(exc, 'strerror', None) or exc})",
-                        model_path) from None
-    import onnx
-
-    try:
-        graph = onnx.load_from_string(raw).graph
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types
-        raise SpecError(f"not a valid ONNX model ({type(exc).__name__})", model_path) from None
-    constants = {init.name for init in graph.initializer}
-    inputs = [_tensor(vi) for vi in graph.input if vi.name not in constants]
-    outputs = [_tensor(vi) for vi in graph.output]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise SpecError(f"the model has {len(inputs)} input(s) and {len(outputs)} output(s); "
-                        "genbab needs one of each (theory SIO)", model_path)
-    return inputs[0], outputs[0]
-
-
-def _tensor(value_info) -> ModelTensor:
-    from onnx import TensorProto
-
-    tensor_type = value_info.type.tensor_type
-    kind = TensorProto.DataType.Name(tensor_type.elem_type) \
-        if tensor_type.elem_type in TensorProto.DataType.values() else "undefined"
-    type_name = {"FLOAT": "float32", "DOUBLE": "float64"}.get(kind, kind.lower())
-    dims = None
-    if tensor_type.HasField("shape"):
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                     for d in tensor_type.shape.dim)
-    return ModelTensor(value_info.name, type_name, dims)
-
-
-def _check_tensor(var: Variable, tensor: ModelTensor, model_path: str, source: str) -> None:
-    """The standard's type rules, then the shape: declared vs. the model's tensor."""
-    where = f"{var.kind} {var.name} ({var.type_name}) vs. {model_path} {var.kind} " \
-        f"'{tensor.name}' ({tensor.type_name})"
-    if var.is_real:
-        if tensor.type_name not in ANALYSABLE_MODEL_TYPES:
-            raise SpecError(f"{where}: genbab cannot analyse {tensor.type_name} tensors soundly "
-                            f"(it analyses {' and '.join(ANALYSABLE_MODEL_TYPES)} models)", source)
-    elif var.type_name != tensor.type_name:
-        raise SpecError(f"{where}: element types differ", source)
-    else:
-        raise SpecError(f"{where}: genbab cannot analyse {var.type_name} soundly (its bounds "
-                        "assume real arithmetic); declare the variable as 'real' to accept "
-                        "real-arithmetic semantics", source)
-    if tensor.dims is None:
-        return  # no recorded shape: verify() still compares element counts
-    shape_ok = len(tensor.dims) == len(var.shape) and all(
-        d == s or (d is None and s == 1) for d, s in zip(tensor.dims, var.shape))
-    if not shape_ok:
-        shown = ",".join("?" if d is None else str(d) for d in tensor.dims)
-        raise SpecError(f"{var.kind} {var.name} is declared with shape "
-                        f"[{','.join(map(str, var.shape))}] but {model_path} {var.kind} "
-                        f"'{tensor.name}' has shape [{shown}]", source)
