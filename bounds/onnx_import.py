@@ -17,20 +17,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from bounds.errors import ModelError, UnsupportedModelError  # re-exported: torch-free home
 from bounds.graph import Graph, Node, input_node
 from bounds.ops.base import Op
-
-
-class ModelError(ValueError):
-    """A model that cannot be loaded or converted; ``str()`` is the user-facing message."""
-
-
-class UnsupportedModelError(ModelError):
-    def __init__(self, problems: list[tuple[str, str, str]]):
-        self.problems = problems  # (op_type, node name, reason)
-        lines = [f"  {op} (node '{name}'): {why}" for op, name, why in problems]
-        kinds = sorted({p[0] for p in problems})
-        super().__init__(f"unsupported ONNX operator(s) {', '.join(kinds)}:\n" + "\n".join(lines))
 
 
 class ConversionError(Exception):

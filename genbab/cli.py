@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--method", choices=["ibp", "crown", "alpha-crown"], default=None,
                         help="strongest bound method to try (default alpha-crown)")
     verify.add_argument("--no-attack", action="store_true", help="skip the counterexample search")
+    verify.add_argument("--no-quick", action="store_true",
+                        help="skip the torch-free quick stage (IBP and sampling on small models)")
     verify.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     from genbab.batch import add_batch_parser
     from genbab.report_cli import add_report_parser
@@ -81,12 +83,14 @@ def _build_config(args):
     if args.no_attack:
         from dataclasses import replace
         changes["attack"] = replace(config.attack, enabled=False)
+    if getattr(args, "no_quick", False):
+        changes["quick"] = False
     config = config.replace(**changes)
     try:
         validate(config)
     except ConfigError as exc:
         raise InputError(str(exc)) from None
-    if config.resolved_device() == "cuda":
+    if config.device == "cuda":  # "auto" picks cuda only where it is available: no torch here
         import torch
         if not torch.cuda.is_available():
             raise InputError("--device cuda requested but no CUDA device is available")
@@ -133,7 +137,7 @@ def cmd_verify(args) -> int:
         from genbab.signals import install_signal_handlers
 
         install_signal_handlers(args.results_file, args.timeout)
-    from bounds.onnx_import import ModelError
+    from bounds.errors import ModelError
     from genbab.results import write_results_file
     from genbab.verify import verify
 

@@ -160,7 +160,7 @@ def test_sat_example_prints_verdict_and_writes_confirmed_counterexample(cli):
 
 
 @command(lambda work: ["verify", TINY, IBP_SPEC, "--timeout", 60, "--method", "ibp",
-                       "--device", "cpu", "--results-file", work / "results.txt"])
+                       "--device", "cpu", "--no-quick", "--results-file", work / "results.txt"])
 def test_unsat_example_proved_by_ibp_on_cpu(cli):
     assert verdict(cli.proc) == "unsat"
     assert "method: ibp" in cli.proc.stdout.splitlines()
