@@ -168,21 +168,37 @@ def compute_bounds(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor,
 
 
 def _optimise(graph, lower, upper, A, options, result, objective, done, deadline) -> BoundResult:
+    """Layer-by-layer intermediate bounds, then the output's alphas.
+
+    With intermediate optimisation the work comes in two passes: a short one
+    (a third of ``intermediate_iterations`` per pre-activation) and, only if
+    the property is not proved yet, a full one starting from the bounds the
+    first pass tightened.  Easy properties stop after the short pass.
+    """
     bounds = result.bounds
     best_lower = result.lower.detach().clone()
-    if options.optimize_intermediate and options.intermediate == "crown":
-        bounds = optimise_intermediate(graph, lower, upper, _detach(bounds), options, deadline)
-        with torch.no_grad():
-            best_lower = torch.maximum(best_lower,
-                                       backward_pass(graph, graph.output_node.name, A, bounds))
-    if done is not None and done(best_lower):
-        return BoundResult(best_lower, bounds, "alpha-crown", 0, None)
     loss = objective if objective is not None else (lambda lb: -lb.sum())
-    final, params, iterations = _optimise_start(graph, graph.output_node.name, A, bounds,
-                                                options.alpha_iterations, options, loss, done,
-                                                deadline)
-    if final is not None:
-        best_lower = torch.maximum(best_lower, final)
+    inner = options.optimize_intermediate and options.intermediate == "crown"
+    k = options.intermediate_iterations
+    passes = ((max(1, k // 3), k) if k >= 3 else (k,)) if inner else (0,)
+    params, iterations = None, 0
+    for steps in passes:
+        if steps:
+            bounds = optimise_intermediate(graph, lower, upper, _detach(bounds), options,
+                                           deadline, steps)
+            with torch.no_grad():
+                best_lower = torch.maximum(best_lower,
+                                           backward_pass(graph, graph.output_node.name, A, bounds))
+        if (done is not None and done(best_lower)) or (deadline is not None and deadline()):
+            break
+        final, params, taken = _optimise_start(graph, graph.output_node.name, A, bounds,
+                                               options.alpha_iterations, options, loss, done,
+                                               deadline)
+        iterations += taken
+        if final is not None:
+            best_lower = torch.maximum(best_lower, final)
+        if done is not None and done(best_lower):
+            break
     return BoundResult(best_lower, bounds, "alpha-crown", iterations, params)
 
 
@@ -222,14 +238,17 @@ def _optimise_start(graph: Graph, start: str, A: Tensor, bounds: BoundsMap, iter
 
 def optimise_intermediate(graph: Graph, lower: Tensor, upper: Tensor, bounds: BoundsMap,
                           options: BoundOptions,
-                          deadline: Callable[[], bool] | None = None) -> BoundsMap:
+                          deadline: Callable[[], bool] | None = None,
+                          iterations: int | None = None) -> BoundsMap:
     """Tighten every pre-activation's bounds with its own alpha-CROWN, in topological order.
 
     ``bounds`` (sound, e.g. from CROWN) are only ever intersected with new
     sound bounds; after each pre-activation the intervals of later nodes are
     recomputed by IBP from the tightened ones.  Stops early (returning sound
-    bounds) once ``deadline()`` is True.
+    bounds) once ``deadline()`` is True.  ``iterations`` defaults to
+    ``options.intermediate_iterations``.
     """
+    steps = options.intermediate_iterations if iterations is None else iterations
     bounds = dict(bounds)
     for name in preactivations(graph):
         if deadline is not None and deadline():
@@ -242,7 +261,7 @@ def optimise_intermediate(graph: Graph, lower: Tensor, upper: Tensor, bounds: Bo
         for first in range(0, N, options.max_batch_neurons):
             stop = min(N, first + options.max_batch_neurons)
             A = identity_spec(N, node.shape, B, first, stop, lo)
-            best, _, _ = _optimise_start(graph, name, A, bounds, options.intermediate_iterations,
+            best, _, _ = _optimise_start(graph, name, A, bounds, steps,
                                          options, lambda value: -value.sum(), None, deadline)
             if best is None:
                 break  # no nonlinear node above: CROWN is already exact here

@@ -125,6 +125,10 @@ class SShaped(Monotone):
 
     alpha_names = ("lower", "upper")
     centre = 0.0  # f(0), the centre of symmetry
+    # sup |f'| and sup |f| (None: unknown); with them the rounding margin is computed once
+    # per neuron from the interval instead of per bounded row from each line.
+    max_slope: float | None = None
+    max_abs: float | None = None
 
     def derivative(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -194,10 +198,26 @@ class SShaped(Monotone):
         lw, lb = self._lower_line(lo, hi, None if alpha is None else alpha["lower"])
         mw, mb = self._lower_line(-hi, -lo, None if alpha is None else alpha["upper"])
         uw, ub = mw, 2 * self.centre - mb
-        lb = lb - rounding_margin(lw, lb, lo, hi, lo.dtype)
-        ub = ub + rounding_margin(uw, ub, lo, hi, lo.dtype)
+        if self.max_slope is None or self.max_abs is None:
+            lb = lb - rounding_margin(lw, lb, lo, hi, lo.dtype)
+            ub = ub + rounding_margin(uw, ub, lo, hi, lo.dtype)
+        else:
+            margin = self._static_margin(lo, hi)
+            lb, ub = lb - margin, ub + margin
         lw, lb, uw, ub = torch.broadcast_tensors(lw, lb, uw, ub)
         return LinearRelaxation(lw, lb, uw, ub)
+
+    def _static_margin(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """``rounding_margin`` of any line the relaxation can pick on [lo, hi], per neuron.
+
+        Every line is a tangent or chord of f (or of its mirror image about the
+        centre) on [lo, hi]: |slope| <= max_slope and |bias| <= 2|centre| + max_abs
+        + max_slope * max(|lo|, |hi|), so this is never below the per-line margin.
+        """
+        scale = torch.maximum(lo.abs(), hi.abs())
+        return rounding_margin(torch.full_like(scale, self.max_slope),
+                               self.max_slope * scale + 2 * abs(self.centre) + self.max_abs,
+                               lo, hi, lo.dtype)
 
     def alpha_init(self, lo, hi):
         ones = torch.ones_like(lo)
@@ -211,9 +231,18 @@ class Sigmoid(SShaped):
     """The logistic function 1 / (1 + exp(-x))."""
 
     centre = 0.5
+    max_slope = 0.25
+    max_abs = 1.0
 
     def function(self, x):
         return torch.sigmoid(x)
+
+    def _tangent(self, d):
+        """One sigmoid for value and slope; s(1 - s) is accurate for d <= 0, the only
+        tangent points a lower line uses (a tangent at d > 0 is computed but discarded)."""
+        s = torch.sigmoid(d)
+        slope = s * (1 - s)
+        return slope, s - slope * d
 
     def derivative(self, x):
         return torch.sigmoid(x) * torch.sigmoid(-x)  # accurate in both tails
@@ -223,6 +252,8 @@ class Tanh(SShaped):
     """The hyperbolic tangent."""
 
     centre = 0.0
+    max_slope = 1.0
+    max_abs = 1.0
 
     def function(self, x):
         return torch.tanh(x)
