@@ -13,7 +13,7 @@ Runs ``scripts/benchmark.py`` once per configuration of ``configs/ablation/``
 on the benchmarks (default: eran_sigmoid_2021, vnncomp2020_nln_mnist_sigmoid_tanh,
 dist_shift_2023, ml4acopf_2023 under ../shared/benchmarks), restricted to the
 instances of the reference file ``reference/abcrown_genbab_cpu_30s.csv``
-unless ``--all``.  ``--parallel N`` runs N configurations at once (one core
+unless ``--all`` (``--shared`` points elsewhere than ../shared/benchmarks).  ``--parallel N`` runs N configurations at once (one core
 each, ``OMP_NUM_THREADS=1``; wall times then include the neighbours' load).
 Prints a markdown table (verified / falsified / total time per benchmark and
 configuration) and writes it, with the per-configuration CSV/JSON files of
@@ -35,7 +35,6 @@ SHARED = ROOT.parent / "shared" / "benchmarks"
 CONFIGS = ("alpha_only", "bab_babsr", "bab_bbps_midpoint", "bab_bbps_lookup")
 BENCHMARKS = ("eran_sigmoid_2021", "vnncomp2020_nln_mnist_sigmoid_tanh", "dist_shift_2023",
               "ml4acopf_2023")
-REFERENCE = SHARED / "reference" / "abcrown_genbab_cpu_30s.csv"
 
 
 def run_config(name: str, benches: list[str], args: argparse.Namespace) -> Path:
@@ -47,7 +46,8 @@ def run_config(name: str, benches: list[str], args: argparse.Namespace) -> Path:
                                                            f"{name}.yaml"),
            "--out", str(out)]
     if not args.all:
-        cmd += ["--only-listed", str(REFERENCE)]
+        cmd += ["--only-listed", str(Path(args.shared) / "reference" /
+                                     "abcrown_genbab_cpu_30s.csv")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(f"{out}.log", "w", encoding="utf-8") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("benchmarks", nargs="*", metavar="BENCH_DIR")
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--shared", default=str(SHARED),
+                        help="the benchmarks folder (default ../shared/benchmarks)")
     parser.add_argument("--out", default=str(ROOT / "results" / "ablation"))
     parser.add_argument("--all", action="store_true",
                         help="every instance, not only the reference file's")
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                              "instead of running it (e.g. the default configuration's run)")
     args = parser.parse_args(argv)
     reused = dict(item.split("=", 1) for item in args.reuse)
-    benches = args.benchmarks or [str(SHARED / b) for b in BENCHMARKS]
+    benches = args.benchmarks or [str(Path(args.shared) / b) for b in BENCHMARKS]
     names = [c for c in args.configs.split(",") if c and c not in reused]
     unknown = [c for c in [*names, *reused] if c not in CONFIGS]
     if unknown:
