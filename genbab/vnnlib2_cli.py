@@ -359,6 +359,29 @@ def _assignment_lines(assignment) -> list[str]:
     return lines
 
 
+def read_assignment(stdout: str) -> dict[str, tuple[str, list[int], list[float]]]:
+    """The standard's assignment block after ``sat`` (what ``_assignment_lines`` writes):
+    name -> (type, dims, values).  Raises ValueError on a malformed block."""
+    lines = stdout.splitlines()
+    if not lines or lines[0] != "sat":
+        raise ValueError("the output does not start with 'sat'")
+    blocks, i = {}, 1
+    while i < len(lines):
+        name, type_name, dims = lines[i].split(" ")
+        if not (dims.startswith("[") and dims.endswith("]")):
+            raise ValueError(f"line {i + 1}: expected NAME TYPE [dims], got '{lines[i]}'")
+        shape = [int(d) for d in dims[1:-1].split(",") if d]
+        n = 1
+        for d in shape:
+            n *= d
+        values = [float(v) for v in lines[i + 1:i + 1 + n]]
+        if len(values) != n:
+            raise ValueError(f"{name}: expected {n} values, got {len(values)}")
+        blocks[name] = (type_name, shape, values)
+        i += 1 + n
+    return blocks
+
+
 def _serialise(problem, assignment, folder: str) -> None:
     """One ``<folder>/<variable>.pb`` TensorProto per variable, in the model's element type."""
     from pathlib import Path

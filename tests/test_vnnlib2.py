@@ -22,7 +22,7 @@ from genbab.spec.compose import load_spec_for_model
 from genbab.spec.types import SpecError
 from genbab.spec.vnnlib1 import parse_vnnlib1
 from genbab.spec.vnnlib2 import detect_version, holds, parse_query_text, read_text, to_spec
-from genbab.vnnlib2_cli import dispatch, is_vnnlib2_verify
+from genbab.vnnlib2_cli import dispatch, is_vnnlib2_verify, read_assignment
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "vnnlib_specs" / "examples"
@@ -210,17 +210,8 @@ def _write(work: Path, name: str, text: str) -> Path:
 
 def _blocks(stdout: str) -> dict[str, tuple[str, list[int], np.ndarray]]:
     """The assignment after ``sat``: name -> (type, dims, values); checks its layout."""
-    lines = stdout.splitlines()
-    assert lines[0] == "sat"
-    blocks, i = {}, 1
-    while i < len(lines):
-        name, type_name, dims = lines[i].split(" ")
-        assert dims.startswith("[") and dims.endswith("]") and " " not in dims
-        shape = [int(d) for d in dims[1:-1].split(",") if d]
-        n = int(np.prod(shape))
-        blocks[name] = (type_name, shape, np.array([float(v) for v in lines[i + 1:i + 1 + n]]))
-        i += 1 + n
-    return blocks
+    return {name: (type_name, shape, np.array(values))
+            for name, (type_name, shape, values) in read_assignment(stdout).items()}
 
 
 def _onnx_output(model: Path, x: np.ndarray) -> np.ndarray:
@@ -426,3 +417,12 @@ def test_error_missing_query(cli):
 @command(lambda work: ["verify", UNSAT_Q, "--network", f"digits_sigmoid_tiny={work}/none.onnx"])
 def test_error_missing_model(cli):
     _assert_error(cli, 3, "cannot read model")
+
+
+def test_read_assignment_round_trips_and_rejects_malformed_blocks():
+    text = "sat\nX real [1,2]\n0.5\n-1.0\nY real [1]\n2.0\n"
+    assert read_assignment(text) == {"X": ("real", [1, 2], [0.5, -1.0]),
+                                     "Y": ("real", [1], [2.0])}
+    for bad in ("unsat\n", "sat\nX real [1,2]\n0.5\n", "sat\nX real 1,2\n0.5\n0.1\n"):
+        with pytest.raises(ValueError):
+            read_assignment(bad)

@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from genbab.spec.compose import load_spec_for_model, problem_for_query
 from genbab.spec.types import SpecError
 from genbab.spec.vnnlib2 import holds, parse_query_text, plan_layout, read_text, to_spec
+from genbab.vnnlib2_cli import read_assignment
 
 ROOT = Path(__file__).resolve().parent.parent
 ONNX_DIR = ROOT / "vnnlib_specs" / "examples" / "onnx"
@@ -299,16 +300,8 @@ def runs(work, request):
 
 def _blocks(stdout: str) -> dict[str, tuple[str, list[int], np.ndarray]]:
     """The assignment after ``sat``: name -> (type, dims, values)."""
-    lines = stdout.splitlines()
-    assert lines[0] == "sat"
-    blocks, i = {}, 1
-    while i < len(lines):
-        name, type_name, dims = lines[i].split(" ")
-        shape = [int(d) for d in dims[1:-1].split(",") if d]
-        n = int(np.prod(shape))
-        blocks[name] = (type_name, shape, np.array([float(v) for v in lines[i + 1:i + 1 + n]]))
-        i += 1 + n
-    return blocks
+    return {name: (type_name, shape, np.array(values))
+            for name, (type_name, shape, values) in read_assignment(stdout).items()}
 
 
 @pytest.mark.parametrize("name", ["equal_to"])
