@@ -40,6 +40,7 @@ class BoundConfig:
     alpha_lr_decay: float = 0.98
     optimize_intermediate: bool = True  # alpha-CROWN also tightens intermediate bounds
     intermediate_iterations: int = 10  # alpha steps per pre-activation (layer by layer)
+    float64_retry: float = 1e-3  # float32 margins all above -this: redo in float64 (0: never)
     max_intermediate_batch: int = 2048  # neurons bounded per backward pass
 
 
@@ -56,6 +57,7 @@ class BabConfig:
     branching_point: str = "lookup"  # lookup | midpoint
     bbps_candidates: int = 32  # neurons per domain rescored by BBPS after the cheap filter
     min_width: float = 1e-5  # neurons narrower than this are not split
+    per_disjunct: bool = True  # neuron mode: one BaB per unproved disjunct, easiest first
     mode: str = "auto"  # auto | neuron | input: what to split (auto: input if few inputs)
     input_split_max_dims: int = 16  # auto picks input splitting up to this many inputs
     input_batch_size: int = 512  # boxes split per round in input mode
@@ -100,6 +102,7 @@ CHOICES = {
     "bab.input_intermediate": ("crown", "ibp"),
 }
 POSITIVE = ("timeout", "attack.time_budget", "bounds.alpha_lr", "bab.lr")
+NON_NEGATIVE = ("bounds.float64_retry",)
 
 
 def validate(config: Config) -> Config:
@@ -114,6 +117,10 @@ def validate(config: Config) -> Config:
         value = _get(config, key)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ConfigError(f"{key}: must be a positive number, got {value!r}")
+    for key in NON_NEGATIVE:
+        value = _get(config, key)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{key}: must be a number >= 0, got {value!r}")
     return config
 
 

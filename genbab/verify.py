@@ -171,7 +171,9 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats, runner):
     best, res = None, None
     methods = ["ibp", "crown", "alpha-crown"]
     stop_at = methods.index(b.method) if b.method in methods else 2
-    for method in methods[:stop_at + 1]:
+    i, method = 0, methods[0]
+    while i <= stop_at:
+        method = methods[i]
         if clock.expired():
             return False, "timeout", _to_list(best), None
         opts = BoundOptions(method=method, intermediate=b.intermediate,
@@ -187,10 +189,19 @@ def _bound_case(graph_t, case, config, clock, device, dtype, stats, runner):
         except BoundTimeout:
             return False, "timeout", _to_list(best), None
         stats.setdefault("bound_time", {})[method] = round(time.monotonic() - t0, 3)
-        m = margins(res.lower.detach())
+        m = margins(res.lower.detach()).double()
         best = m if best is None else torch.maximum(best, m)
         if bool((best > 0).all()):
             return True, method, _to_list(best), None
+        if (method != "ibp" and dtype == torch.float32 and b.float64_retry > 0
+                and float(best.min()) > -b.float64_retry):
+            # only rounding stands between the bound and a proof: the rest in float64
+            dtype = torch.float64
+            graph_t = graph_t.to(device, dtype)
+            lower, upper, C_t, d_t = (t.to(dtype) for t in (lower, upper, C_t, d_t))
+            stats["float64_from"] = method
+            continue
+        i += 1
     if config.bab.enabled and res is not None and not clock.expired():
         return _branch_and_bound(graph_t, case, config, clock, (lower, upper), res,
                                  (C_t, d_t, g_t, k), runner, stats, best)
@@ -225,12 +236,52 @@ def _branch_and_bound(graph_t, case, config, clock, box, res, rows, runner, stat
 
         points = BranchingPoints(method=bab.branching_point)
         with torch.no_grad():
-            outcome = branch_and_bound(graph_t, box, res.bounds, res.params, prop, bab, points,
-                                       clock.deadline)
+            if bab.per_disjunct and prop.n_disjuncts > 1 and best is not None:
+                outcome = _bab_per_disjunct(graph_t, box, res, prop, bab, points, clock, best)
+            else:
+                outcome = branch_and_bound(graph_t, box, res.bounds, res.params, prop, bab,
+                                           points, clock.deadline)
     stats["bab"] = outcome.stats
     if outcome.verdict == "unsat":
         return True, "bab", _to_list(best), None
     return False, "bab", _to_list(best), confirmed
+
+
+def _bab_per_disjunct(graph_t, box, res, prop, bab, points, clock, best):
+    """One branch and bound per disjunct not yet proved, easiest (largest margin) first.
+
+    The property holds when every disjunct is infeasible, and each sub-run
+    proves one of them over the whole box, so the runs are independent: a
+    domain is pruned as soon as *its* disjunct is refuted there, instead of
+    waiting until every disjunct is refuted in the same domain.  Stops at the
+    first sub-run that does not prove its disjunct.
+    """
+    from genbab.bab.driver import BabOutcome, Property, branch_and_bound
+
+    margins = best[0]
+    todo = sorted((k for k in range(prop.n_disjuncts) if float(margins[k]) <= 0),
+                  key=lambda k: -float(margins[k]))
+    stats = {"disjuncts": len(todo), "disjuncts_proved": 0, "rounds": 0, "domains_visited": 0,
+             "max_depth": 0, "open_domains": 0, "bab_time": 0.0}
+    for k in todo:
+        rows = (prop.groups[0] == k).nonzero().flatten()
+        sub = Property(prop.C[:, rows], prop.d[:, rows], prop.groups[:, rows] * 0, 1)
+        params = None if res.params is None else \
+            {node: {name: t[:, rows] for name, t in alphas.items()}
+             for node, alphas in res.params.items()}
+        outcome = branch_and_bound(graph_t, box, res.bounds, params, sub, bab, points,
+                                   clock.deadline)
+        got = outcome.stats
+        stats["rounds"] += got.get("rounds", 0)
+        stats["domains_visited"] += got.get("domains_visited", 0)
+        stats["max_depth"] = max(stats["max_depth"], got.get("max_depth", 0))
+        stats["bab_time"] = round(stats["bab_time"] + got.get("bab_time", 0.0), 3)
+        stats["open_domains"] = got.get("open_domains", 0)
+        if outcome.verdict != "unsat":
+            stats.update({k2: v for k2, v in got.items() if k2 not in stats})
+            return BabOutcome(outcome.verdict, stats)
+        stats["disjuncts_proved"] += 1
+    return BabOutcome("unsat", stats)
 
 
 def _to_list(m):

@@ -13,6 +13,7 @@ every instance of each selection.
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
@@ -205,3 +206,23 @@ def test_shipped_example_agrees_with_expected(onnx_path, vnnlib_path, expected):
         assert result.verdict in ("sat", "unsat", "unknown", "timeout")
         if result.verdict == "sat":
             assert_confirmed_counterexample(result, spec, EXAMPLES / onnx_path)
+
+
+# --- ml4acopf_2023 (ACOPF graph): float32 rounding alone blocks the proof ------------------
+
+@needs_benchmarks
+def test_ml4acopf_prop1_needs_the_float64_retry():
+    """14_ieee prop1 (consensus unsat): in float32 CROWN's worst disjunct margin is about
+    -2e-4, in float64 +5.7e-5.  The default config switches to float64 and proves it;
+    with the retry off it is not proved within a short budget."""
+    bench = BENCHMARKS / "ml4acopf_2023"
+    pair = ("onnx/14_ieee_ml4acopf.onnx", "vnnlib/14_ieee_prop1.vnnlib")
+    assert pair in ground_truth("ml4acopf_2023", "unsat")
+    result, _ = run(bench, *pair)
+    assert (result.verdict, result.method) == ("unsat", "crown")
+    assert result.stats["float64_from"] == "crown"
+    off = Config(timeout=TIMEOUT).replace(
+        bounds=dataclasses.replace(Config().bounds, float64_retry=0.0, method="crown"),
+        bab=dataclasses.replace(Config().bab, enabled=False))
+    result, _ = run(bench, *pair, config=off)
+    assert result.verdict != "unsat" and "float64_from" not in result.stats
