@@ -49,6 +49,9 @@ class BoundResult:
     method: str
     iterations: int = 0
     params: Params | None = None  # alpha of the final start node (detached), for warm starts
+    # alpha of each pre-activation's own pass (layer by layer; detached), where it ran in
+    # one chunk: its rows are [lower of every neuron, upper of every neuron]
+    intermediate_params: dict[str, Params] | None = None
 
 
 def preactivations(graph: Graph) -> list[str]:
@@ -181,11 +184,12 @@ def _optimise(graph, lower, upper, A, options, result, objective, done, deadline
     inner = options.optimize_intermediate and options.intermediate == "crown"
     k = options.intermediate_iterations
     passes = ((max(1, k // 3), k) if k >= 3 else (k,)) if inner else (0,)
-    params, iterations = None, 0
+    params, iterations, inner_params = None, 0, None
     for steps in passes:
         if steps:
+            inner_params = {}
             bounds = optimise_intermediate(graph, lower, upper, _detach(bounds), options,
-                                           deadline, steps)
+                                           deadline, steps, inner_params)
             with torch.no_grad():
                 best_lower = torch.maximum(best_lower,
                                            backward_pass(graph, graph.output_node.name, A, bounds))
@@ -199,7 +203,7 @@ def _optimise(graph, lower, upper, A, options, result, objective, done, deadline
             best_lower = torch.maximum(best_lower, final)
         if done is not None and done(best_lower):
             break
-    return BoundResult(best_lower, bounds, "alpha-crown", iterations, params)
+    return BoundResult(best_lower, bounds, "alpha-crown", iterations, params, inner_params)
 
 
 def _optimise_start(graph: Graph, start: str, A: Tensor, bounds: BoundsMap, iterations: int,
@@ -239,14 +243,16 @@ def _optimise_start(graph: Graph, start: str, A: Tensor, bounds: BoundsMap, iter
 def optimise_intermediate(graph: Graph, lower: Tensor, upper: Tensor, bounds: BoundsMap,
                           options: BoundOptions,
                           deadline: Callable[[], bool] | None = None,
-                          iterations: int | None = None) -> BoundsMap:
+                          iterations: int | None = None,
+                          alphas_out: dict[str, Params] | None = None) -> BoundsMap:
     """Tighten every pre-activation's bounds with its own alpha-CROWN, in topological order.
 
     ``bounds`` (sound, e.g. from CROWN) are only ever intersected with new
     sound bounds; after each pre-activation the intervals of later nodes are
     recomputed by IBP from the tightened ones.  Stops early (returning sound
     bounds) once ``deadline()`` is True.  ``iterations`` defaults to
-    ``options.intermediate_iterations``.
+    ``options.intermediate_iterations``.  ``alphas_out`` (if given) receives
+    each pre-activation's final alphas when it was bounded in one chunk.
     """
     steps = options.intermediate_iterations if iterations is None else iterations
     bounds = dict(bounds)
@@ -261,7 +267,7 @@ def optimise_intermediate(graph: Graph, lower: Tensor, upper: Tensor, bounds: Bo
         for first in range(0, N, options.max_batch_neurons):
             stop = min(N, first + options.max_batch_neurons)
             A = identity_spec(N, node.shape, B, first, stop, lo)
-            best, _, _ = _optimise_start(graph, name, A, bounds, steps,
+            best, alphas, _ = _optimise_start(graph, name, A, bounds, steps,
                                          options, lambda value: -value.sum(), None, deadline)
             if best is None:
                 break  # no nonlinear node above: CROWN is already exact here
@@ -269,6 +275,8 @@ def optimise_intermediate(graph: Graph, lower: Tensor, upper: Tensor, bounds: Bo
             new_lo[:, first:stop] = torch.maximum(new_lo[:, first:stop], best[:, :k])
             new_hi[:, first:stop] = torch.minimum(new_hi[:, first:stop], -best[:, k:])
             changed = True
+            if alphas_out is not None and first == 0 and stop == N:
+                alphas_out[name] = alphas
         if changed:
             bounds[name] = (new_lo.reshape(lo.shape), new_hi.reshape(hi.shape))
             with torch.no_grad():

@@ -53,7 +53,7 @@ class BabConfig:
     max_domains: int = 200000
     iterations: int = 20  # alpha/beta optimisation steps per round
     lr: float = 0.1
-    heuristic: str = "bbps"  # bbps | babsr
+    heuristic: str = "babsr"  # babsr | bbps (ablation of 2026-12-04: babsr proves more)
     branching_point: str = "lookup"  # lookup | midpoint
     bbps_candidates: int = 32  # neurons per domain rescored by BBPS after the cheap filter
     min_width: float = 1e-5  # neurons narrower than this are not split

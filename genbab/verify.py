@@ -240,7 +240,8 @@ def _branch_and_bound(graph_t, case, config, clock, box, res, rows, runner, stat
                 outcome = _bab_per_disjunct(graph_t, box, res, prop, bab, points, clock, best)
             else:
                 outcome = branch_and_bound(graph_t, box, res.bounds, res.params, prop, bab,
-                                           points, clock.deadline)
+                                           points, clock.deadline,
+                                           res.intermediate_params)
     stats["bab"] = outcome.stats
     if outcome.verdict == "unsat":
         return True, "bab", _to_list(best), None
@@ -270,7 +271,7 @@ def _bab_per_disjunct(graph_t, box, res, prop, bab, points, clock, best):
             {node: {name: t[:, rows] for name, t in alphas.items()}
              for node, alphas in res.params.items()}
         outcome = branch_and_bound(graph_t, box, res.bounds, params, sub, bab, points,
-                                   clock.deadline)
+                                   clock.deadline, res.intermediate_params)
         got = outcome.stats
         stats["rounds"] += got.get("rounds", 0)
         stats["domains_visited"] += got.get("domains_visited", 0)

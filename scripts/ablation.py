@@ -6,9 +6,9 @@
 Runs ``scripts/benchmark.py`` once per configuration of ``configs/ablation/``
 
   alpha_only          attack + IBP/CROWN/alpha-CROWN, no branch and bound
-  bab_babsr           BaB, BaBSR-like neuron choice, lookup-table branching points
+  bab_babsr           BaB, BaBSR-like neuron choice, lookup-table branching points (default)
   bab_bbps_midpoint   BaB, BBPS, midpoint branching points
-  bab_bbps_lookup     BaB, BBPS, lookup-table branching points (the default)
+  bab_bbps_lookup     BaB, BBPS, lookup-table branching points
 
 on the benchmarks (default: eran_sigmoid_2021, vnncomp2020_nln_mnist_sigmoid_tanh,
 dist_shift_2023, ml4acopf_2023 under ../shared/benchmarks), restricted to the

@@ -424,11 +424,13 @@ def test_bab_keeps_the_attack_counterexample_domain_open(monkeypatch):
     checks = []
     real = driver.branch_and_bound
 
-    def wrapped(graph, box, root_bounds, root_params, prop, config, points, deadline):
+    def wrapped(graph, box, root_bounds, root_params, prop, config, points, deadline,
+                shortcut_alphas=None):
         check = WitnessCheck(graph, prop, witness.to(box[0].dtype), 1e-3)
         checks.append(check)
         monkeypatch.setattr(driver, "_bound", check)
-        return real(graph, box, root_bounds, root_params, prop, config, points, deadline)
+        return real(graph, box, root_bounds, root_params, prop, config, points, deadline,
+                    shortcut_alphas)
 
     monkeypatch.setattr(driver, "branch_and_bound", wrapped)
     config = Config(timeout=6, attack=AttackConfig(enabled=False))

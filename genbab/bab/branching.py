@@ -50,10 +50,15 @@ def splittable_nodes(graph) -> list[Splittable]:
     return unique
 
 
-def root_shortcuts(graph, bounds, nodes: list[Splittable], limit: int = 20_000_000):
+def root_shortcuts(graph, bounds, nodes: list[Splittable], limit: int = 20_000_000,
+                   alphas: dict | None = None):
     """Linear bounds of each splittable node in the input: name -> (aL, cL, aU, cU).
 
     aL/aU are [N_node, n_in]; None when they would exceed ``limit`` numbers.
+    ``alphas[name]`` (the root's optimised relaxation of that node's own pass,
+    from layer-by-layer alpha-CROWN) is used where given: the default CROWN
+    lines can give shortcuts far wider than the node's tightened bounds, and
+    then BBPS scores mean little.
     """
     n_in = graph.input_node.size
     if sum(graph[s.name].size for s in nodes) * 2 * n_in > limit:
@@ -65,7 +70,8 @@ def root_shortcuts(graph, bounds, nodes: list[Splittable], limit: int = 20_000_0
         N = node.size
         A = identity_spec(N, node.shape, 1, 0, N, like)
         with torch.no_grad():
-            _, _, linear = backward_record(graph, s.name, A, bounds)
+            _, _, linear = backward_record(graph, s.name, A, bounds,
+                                          None if alphas is None else alphas.get(s.name))
         A_x, bias = linear[0][0].reshape(2 * N, -1), linear[1][0]
         out[s.name] = (A_x[:N], bias[:N], -A_x[N:], -bias[N:])
     return out

@@ -55,14 +55,15 @@ class Property:
 
 
 def branch_and_bound(graph, box, root_bounds, root_params, prop: Property, config, points,
-                     deadline: float) -> BabOutcome:
+                     deadline: float, shortcut_alphas: dict | None = None) -> BabOutcome:
     """Split nonlinear neurons until every domain is proved, time runs out or too many."""
     nodes = splittable_nodes(graph)
     stats = {"rounds": 0, "domains_visited": 1, "max_depth": 0}
     if not nodes:
         return BabOutcome("unknown", {**stats, "reason": "no splittable neurons"})
     names = [s.name for s in nodes]
-    shortcuts = root_shortcuts(graph, root_bounds, nodes) if config.heuristic == "bbps" else None
+    shortcuts = root_shortcuts(graph, root_bounds, nodes, alphas=shortcut_alphas) \
+        if config.heuristic == "bbps" else None
     bounded = preactivations(graph)  # every node whose bounds a relaxation needs
     root = _bound(graph, box, prop, _root_domain(root_bounds, root_params, bounded, prop),
                   config, iterations=0)
