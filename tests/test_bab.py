@@ -545,14 +545,25 @@ def test_alpha_crown_alone_cannot_prove_it(which, request):
     assert "bab" not in result.stats
 
 
-def test_bab_proves_the_hard_instance_with_the_default_config(hard_spec):
+@pytest.mark.parametrize("per_disjunct", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_bab_proves_the_hard_instance_with_the_default_config(hard_spec, per_disjunct):
+    """Default config (one BaB per unproved disjunct) and the joint variant both prove it."""
+    import dataclasses
+
     from genbab.verify import verify
 
-    result = verify(TANH_NET, hard_spec, Config(timeout=120))
+    config = Config(timeout=120)
+    config = config.replace(bab=dataclasses.replace(config.bab, per_disjunct=per_disjunct))
+    result = verify(TANH_NET, hard_spec, config)
     assert result.verdict == "unsat"
     assert result.method == "bab"
     stats = result.stats["bab"]
     assert stats["rounds"] >= 1 and stats["open_domains"] == 0
+    unproved = sum(m <= 0 for m in result.margins[0])
+    if per_disjunct:
+        assert stats["disjuncts"] == unproved == stats["disjuncts_proved"]
+    else:
+        assert "disjuncts" not in stats
     assert min(result.margins[0]) < -0.5  # the root bound alone is far from proving it
 
 
