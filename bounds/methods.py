@@ -25,7 +25,7 @@ import torch
 
 from bounds.graph import Graph
 from bounds.ops.base import Tensor
-from bounds.traversal import BoundsMap, Params, backward_pass, ibp, identity_spec
+from bounds.traversal import BoundsMap, Params, backward_pass, backward_record, ibp, identity_spec
 
 METHODS = ("ibp", "crown", "alpha-crown")
 
@@ -52,6 +52,8 @@ class BoundResult:
     # alpha of each pre-activation's own pass (layer by layer; detached), where it ran in
     # one chunk: its rows are [lower of every neuron, upper of every neuron]
     intermediate_params: dict[str, Params] | None = None
+    # CROWN's linear bound in the input (coefficients [B, S, *input_shape], bias [B, S])
+    linear: tuple[Tensor, Tensor] | None = None
 
 
 def preactivations(graph: Graph) -> list[str]:
@@ -162,8 +164,8 @@ def compute_bounds(graph: Graph, lower: Tensor, upper: Tensor, C: Tensor,
                                "ibp")
         bounds = intermediate_bounds(graph, lower, upper, options.intermediate,
                                      max_neurons=options.max_batch_neurons, deadline=deadline)
-        crown = backward_pass(graph, out.name, A, bounds)
-    result = BoundResult(crown, bounds, "crown")
+        crown, _, linear = backward_record(graph, out.name, A, bounds)
+    result = BoundResult(crown, bounds, "crown", linear=linear)
     if options.method == "crown" or not graph.nonlinear_nodes() or \
             options.alpha_iterations <= 0 or (done is not None and done(crown)):
         return result

@@ -2,7 +2,7 @@
 
 Domains are sub-boxes of the input box.  Each round: pick the worst boxes,
 split each in two along the input dimension with the largest estimated effect
-(|coefficient of the target row's linear bound| x width), bound all halves in
+(|coefficient of the target row's CROWN bound in the input| x width), bound all halves in
 one batched CROWN call (intermediate bounds recomputed per box), look for a
 counterexample at the halves' centres, and drop the proved halves.
 """
@@ -27,9 +27,10 @@ def input_branch_and_bound(graph, box, prop: Property, config, deadline: float,
     stats = {"rounds": 0, "domains_visited": 1, "mode": "input"}
     start = time.monotonic()
     open_lo, open_hi = lo.reshape(1, -1), hi.reshape(1, -1)
-    open_lower = _bound(graph, open_lo, open_hi, shape, prop, options)
+    open_lower, open_coeff = _bound(graph, open_lo, open_hi, shape, prop, options)
     keep = ~(prop.margins(open_lower) > 0).all(1)
     open_lo, open_hi, open_lower = open_lo[keep], open_hi[keep], open_lower[keep]
+    open_coeff = None if open_coeff is None else open_coeff[keep]
     while open_lo.shape[0]:
         if time.monotonic() >= deadline:
             return BabOutcome("timeout", _stats(stats, open_lower, prop, start)), None
@@ -39,9 +40,10 @@ def input_branch_and_bound(graph, box, prop: Property, config, deadline: float,
         order = prop.margins(open_lower).min(1).values.argsort()
         take, rest = order[:config.input_batch_size], order[config.input_batch_size:]
         b_lo, b_hi = open_lo[take], open_hi[take]
-        width = (b_hi - b_lo) / (hi - lo).reshape(1, -1).clamp(min=1e-12)
-        dim = width.argmax(1)
         rows = torch.arange(b_lo.shape[0], device=b_lo.device)
+        dim = _split_dimension(b_lo, b_hi, (hi - lo).reshape(1, -1),
+                               None if open_coeff is None else open_coeff[take],
+                               prop.target_rows(open_lower[take]))
         mid = (b_lo[rows, dim] + b_hi[rows, dim]) / 2
         left_hi, right_lo = b_hi.clone(), b_lo.clone()
         left_hi[rows, dim], right_lo[rows, dim] = mid, mid
@@ -50,25 +52,48 @@ def input_branch_and_bound(graph, box, prop: Property, config, deadline: float,
         if found is not None:
             stats["rounds"] += 1
             return BabOutcome("sat", _stats(stats, open_lower, prop, start)), found
-        c_lower = _bound(graph, c_lo, c_hi, shape, prop, options)
+        c_lower, c_coeff = _bound(graph, c_lo, c_hi, shape, prop, options)
         proved = (prop.margins(c_lower) > 0).all(1)
         stats["rounds"] += 1
         stats["domains_visited"] += c_lo.shape[0]
         open_lo = torch.cat([open_lo[rest], c_lo[~proved]])
         open_hi = torch.cat([open_hi[rest], c_hi[~proved]])
         open_lower = torch.cat([open_lower[rest], c_lower[~proved]])
+        open_coeff = None if open_coeff is None or c_coeff is None else \
+            torch.cat([open_coeff[rest], c_coeff[~proved]])
     return BabOutcome("unsat", _stats(stats, open_lower, prop, start)), None
 
 
+def _split_dimension(lo, hi, full_width, coeff, target):
+    """Per box: the input dimension whose halving most helps the target row.
+
+    The score is |coefficient of the target row's linear bound| x width (the
+    dimension's share of that bound's looseness over the box); where no linear
+    bound is known (alpha-CROWN boxes), the widest dimension relative to the box.
+    """
+    width = hi - lo
+    if coeff is None:
+        return (width / full_width.clamp(min=1e-12)).argmax(1)
+    rows = torch.arange(lo.shape[0], device=lo.device)
+    score = coeff[rows, target].abs() * width
+    relative = width / full_width.clamp(min=1e-12)
+    # a dimension with no effect anywhere still gets split eventually (ties: widest)
+    return torch.where(score.amax(1) > 0, score.argmax(1), relative.argmax(1))
+
+
 def _bound(graph, lo, hi, shape, prop, options):
+    """(lower bounds [n, S], input coefficients [n, S, n_in] of CROWN's bound or None)."""
     n = lo.shape[0]
-    out = []
+    out, coeffs = [], []
     for s in range(0, n, 4096):
         res = compute_bounds(graph, lo[s:s + 4096].reshape(-1, *shape),
                              hi[s:s + 4096].reshape(-1, *shape),
                              prop.C.expand(min(4096, n - s), -1, -1), options)
         out.append(res.lower.detach())
-    return torch.cat(out)
+        if res.linear is not None and res.method == "crown":
+            coeffs.append(res.linear[0].detach().reshape(*res.lower.shape, -1))
+    coeff = torch.cat(coeffs) if len(coeffs) == len(out) else None
+    return torch.cat(out), coeff
 
 
 def _centre_attack(graph, lo, hi, shape, prop, try_counterexample):
