@@ -24,7 +24,6 @@ test_bab_soundness.py.
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -32,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ACTIVATIONS, EXAMPLES, F64, ROOT, box, mlp
 
 from bounds.graph import Graph, Node, input_node
 from bounds.methods import BoundOptions, compute_bounds
-from bounds.ops.activation import Relu, Sigmoid, Tanh
+from bounds.ops.activation import Relu, Tanh
 from bounds.ops.affine import Linear
 from bounds.split_bounds import bound_under_splits
 from genbab.bab import branching
@@ -44,39 +44,6 @@ from genbab.bab.branching_points import BranchingPoints
 from genbab.bab.domains import Decision, Domains, split
 from genbab.bab.driver import Property, _bound, _root_domain
 from genbab.config import AttackConfig, BabConfig, Config
-
-F64 = torch.float64
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "vnnlib_specs" / "examples"
-ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": Relu}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def mlp(sizes, act, seed: int) -> Graph:
-    """x -> Linear -> act -> ... -> Linear, float64 weights drawn from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    nodes, prev = [input_node("x", (sizes[0],))], "x"
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        w = torch.randn(b, a, dtype=F64, generator=gen) * 1.5
-        nodes.append(Node(f"l{i}", Linear(w, torch.randn(b, dtype=F64, generator=gen)),
-                          (prev,), (b,)))
-        prev = f"l{i}"
-        if i < len(sizes) - 2:
-            nodes.append(Node(f"a{i}", act(), (prev,), (b,)))
-            prev = f"a{i}"
-    return Graph(tuple(nodes), ("x",), (prev,))
-
-
-def box(n: int, seed: int, radius: float = 0.5):
-    centre = torch.randn(1, n, dtype=F64, generator=torch.Generator().manual_seed(seed + 999))
-    return centre - radius, centre + radius
 
 
 def single_row(n_out: int = 1) -> tuple[torch.Tensor, Property]:
@@ -583,48 +550,3 @@ def test_bab_proves_it_with_each_heuristic_and_point(which, heuristic, point_met
     assert result.verdict == "unsat"
     assert result.method == "bab"
 
-
-# --- input splitting (few inputs) --------------------------------------------------------------
-
-def test_input_split_dimension_follows_the_target_rows_coefficients():
-    from genbab.bab.input_split import _split_dimension
-
-    lo = torch.zeros(2, 3, dtype=F64)
-    hi = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 1.0]], dtype=F64)
-    full = torch.ones(1, 3, dtype=F64)
-    coeff = torch.tensor([[[0.0, 3.0, 1.0], [5.0, 0.0, 0.0]],
-                          [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]], dtype=F64)
-    target = torch.tensor([0, 1])
-    # box 0, row 0: |3| x 1 beats |1| x 2; box 1 has no signal: its widest dimension
-    assert _split_dimension(lo, hi, full, coeff, target).tolist() == [1, 0]
-    assert _split_dimension(lo, hi, full, None, target).tolist() == [2, 0]
-
-
-@pytest.mark.parametrize("act", ["relu", "sigmoid"])
-def test_input_bab_proves_a_true_bound_and_never_a_false_one(act):
-    """2-input nets: the output's minimum over the box, from a dense grid; a threshold
-    0.05 below it is proved by input splitting, one 0.05 above it never is."""
-    from genbab.bab.input_split import input_branch_and_bound
-
-    graph = mlp([2, 8, 8, 1], ACTIVATIONS[act], seed=1)
-    lo, hi = box(2, seed=1, radius=1.0)  # CROWN is 1.6 (relu) / 3.3 (sigmoid) below the min
-    grid = torch.stack(torch.meshgrid(*(torch.linspace(float(lo[0, i]), float(hi[0, i]), 401,
-                                                       dtype=F64) for i in range(2)),
-                                      indexing="ij"), -1).reshape(-1, 2)
-    true_min = float(graph.forward(grid).min())
-    C = torch.ones(1, 1, 1, dtype=F64)
-    options = BoundOptions(method="crown")
-    root = float(compute_bounds(graph, lo, hi, C, options).lower)
-    for offset, proved in ((-0.05, True), (0.05, False)):
-        prop = Property(C, torch.full((1, 1), true_min + offset, dtype=F64),
-                        torch.zeros(1, 1, dtype=torch.long), 1)
-        with torch.no_grad():
-            outcome, found = input_branch_and_bound(
-                graph, (lo, hi), prop, BabConfig(), time.monotonic() + 20,
-                lambda x: x, options)
-        if proved:
-            assert root < true_min - 0.05 < true_min  # CROWN alone does not prove it
-            assert outcome.verdict == "unsat"
-        else:
-            assert outcome.verdict != "unsat"
-            assert outcome.verdict == "sat" and found is not None

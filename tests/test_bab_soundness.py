@@ -22,15 +22,14 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ACTIVATIONS, EXAMPLES, F64, mlp
 
-from bounds.graph import Graph, Node, input_node
 from bounds.methods import BoundOptions, compute_bounds
 from bounds.ops.activation import Relu, Sigmoid, Tanh
 from bounds.ops.affine import Linear
@@ -40,32 +39,6 @@ from genbab.bab.branching import splittable_nodes
 from genbab.bab.branching_points import BranchingPoints
 from genbab.bab.driver import Property, branch_and_bound
 from genbab.config import AttackConfig, BabConfig, Config
-
-F64 = torch.float64
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "vnnlib_specs" / "examples"
-ACTIVATIONS = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": Relu}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def mlp(sizes, act, gen: torch.Generator, scale: float = 1.5) -> Graph:
-    nodes, prev = [input_node("x", (sizes[0],))], "x"
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        w = torch.randn(b, a, dtype=F64, generator=gen) * scale
-        nodes.append(Node(f"l{i}", Linear(w, torch.randn(b, dtype=F64, generator=gen)),
-                          (prev,), (b,)))
-        prev = f"l{i}"
-        if i < len(sizes) - 2:
-            nodes.append(Node(f"a{i}", act(), (prev,), (b,)))
-            prev = f"a{i}"
-    return Graph(tuple(nodes), ("x",), (prev,))
 
 
 def uniform(lo, hi, n, gen):

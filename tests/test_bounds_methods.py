@@ -28,13 +28,6 @@ METHODS = ("ibp", "crown", "alpha-crown")
 ACTIVATIONS = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def two_sided(n: int, batch: int, dtype=F64) -> torch.Tensor:
     """C = [I; -I]: lower bounds of y and of -y (so upper = -lower of the second half)."""

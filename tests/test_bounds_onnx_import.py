@@ -39,13 +39,6 @@ BENCHMARK_SETS = ("eran_sigmoid_2021", "vnncomp2020_nln_mnist_sigmoid_tanh", "ac
                   "dist_shift_2023")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def benchmark_models() -> list:
     models = []

@@ -67,14 +67,6 @@ def make_op(variant: str):
     return cls(**kwargs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: torch's thread pool only costs time (and a lot on a loaded box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _log_uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
     exponent = torch.rand(n, generator=gen, dtype=torch.float64)

@@ -30,14 +30,6 @@ DTYPES = (torch.float32, torch.float64)
 FRAC = 0.3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: torch's thread pool only costs time (and a lot on a loaded box)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def write_table(folder: Path, name: str = "Fake", grid=(0.0, 1.0, 2.0, 3.0), period=0.0,
                 attributes=None, nan_cell=None) -> Path:

@@ -44,13 +44,6 @@ FAMILIES = ("random", "crossing", "positive", "negative", "degenerate_x", "degen
             "huge", "tiny", "mixed_scale")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 # --- boxes, samples, checks -------------------------------------------------------------------
 

@@ -36,13 +36,6 @@ BATCH, SPECS = 3, 4
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def rnd(*shape, seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
