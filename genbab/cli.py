@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--no-quick", action="store_true",
                         help="skip the torch-free quick stage (IBP and sampling on small models)")
     verify.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    from genbab.batch import add_batch_parser
+    from genbab.batch_cli import add_batch_parser
     from genbab.report_cli import add_report_parser
 
     add_batch_parser(sub)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        from genbab.batch import cmd_batch
+        from genbab.batch_cli import cmd_batch
         from genbab.report_cli import cmd_report
 
         return {"verify": cmd_verify, "batch": cmd_batch, "report": cmd_report}[args.command](args)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from genbab import batch
+from genbab import batch, batch_cli
 
 FAKE_VERIFIER = '''
 import os, sys, time
@@ -264,7 +264,7 @@ def test_helpers():
 def test_parser_fits_the_genbab_subcommands():
     parser = argparse.ArgumentParser(prog="genbab")
     sub = parser.add_subparsers(dest="command")
-    batch.add_batch_parser(sub)
+    batch_cli.add_batch_parser(sub)
     args = parser.parse_args(["batch", "i.csv", "--command", "python fake.py", "--resume"])
     assert args.command == "batch" and args.verifier_command == "python fake.py"
     assert args.resume and args.workers == 1 and args.timeout_scale == 1.0
