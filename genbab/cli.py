@@ -64,36 +64,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build_config(args):
-    from genbab.config import Config, ConfigError, load_config, validate
+    from genbab.config import ConfigError, check_device, load_with_overrides
 
     try:
-        config = load_config(args.config) if args.config else Config()
+        config = load_with_overrides(args.config, {
+            "timeout": args.timeout, "device": args.device, "seed": args.seed,
+            "bounds.method": args.method,
+            "attack.enabled": False if args.no_attack else None,
+            "quick": False if getattr(args, "no_quick", False) else None})
+        check_device(config)
     except ConfigError as exc:
         raise InputError(str(exc)) from None
-    changes = {}
-    if args.timeout is not None:
-        changes["timeout"] = args.timeout
-    if args.device is not None:
-        changes["device"] = args.device
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    if args.method is not None:
-        from dataclasses import replace
-        changes["bounds"] = replace(config.bounds, method=args.method)
-    if args.no_attack:
-        from dataclasses import replace
-        changes["attack"] = replace(config.attack, enabled=False)
-    if getattr(args, "no_quick", False):
-        changes["quick"] = False
-    config = config.replace(**changes)
-    try:
-        validate(config)
-    except ConfigError as exc:
-        raise InputError(str(exc)) from None
-    if config.device == "cuda":  # "auto" picks cuda only where it is available: no torch here
-        import torch
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda requested but no CUDA device is available")
     return config
 
 

@@ -178,6 +178,34 @@ def _deep_update(target: dict, data: dict, where: str) -> None:
             target[key] = value
 
 
+def load_with_overrides(path: str | Path | None, changes: dict[str, Any]) -> Config:
+    """The YAML config at ``path`` (the defaults when None) with command-line ``changes``
+    applied, validated.  ``None`` values are skipped; a ``"section.field"`` key sets one
+    field of a section.  Raises ConfigError."""
+    config = load_config(path) if path else Config()
+    for key, value in changes.items():
+        if value is None:
+            continue
+        section, _, name = key.rpartition(".")
+        if section:
+            value = dataclasses.replace(getattr(config, section), **{name: value})
+            name = section
+        config = config.replace(**{name: value})
+    return validate(config)
+
+
+def check_device(config: Config) -> None:
+    """ConfigError when ``cuda`` is asked for and torch sees no CUDA device.
+
+    ``auto`` picks cuda only where it is available, so it needs no torch here.
+    """
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda requested but no CUDA device is available")
+
+
 def load_config(path: str | Path, base: Config | None = None) -> Config:
     """Read a YAML file onto the defaults (or ``base``)."""
     import yaml

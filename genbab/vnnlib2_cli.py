@@ -324,13 +324,13 @@ def _load(path: str, networks: dict[str, str], scratch: str):
 def _solve(problem, config, serialise_dir: str | None) -> tuple[str, list[str]]:
     """Run the pipeline; the verdict and the lines that follow it on stdout."""
     from bounds.errors import ModelError
+    from genbab.config import ConfigError, check_device
     from genbab.verify import verify
 
-    if config.device == "cuda":  # "auto" picks cuda only where it is available: no torch here
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda requested but no CUDA device is available")
+    try:
+        check_device(config)
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
     try:
         result = verify(problem.model_path, problem.spec, config)
     except ModelError as exc:
@@ -403,18 +403,12 @@ def _serialise(problem, assignment, folder: str) -> None:
 
 
 def _config(args):
-    from genbab.config import Config, ConfigError, load_config
+    from genbab.config import ConfigError, load_with_overrides
 
     try:
-        config = load_config(args.config) if args.config else Config()
+        return load_with_overrides(args.config, {"device": args.device, "seed": args.seed})
     except ConfigError as exc:
         raise InputError(str(exc)) from None
-    changes = {}
-    if args.device is not None:
-        changes["device"] = args.device
-    if args.seed is not None:
-        changes["seed"] = args.seed
-    return config.replace(**changes) if changes else config
 
 
 def _write_all(fd: int, text: str) -> None:
